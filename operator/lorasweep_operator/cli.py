@@ -1,0 +1,49 @@
+"""`lorasweep`: one entry point for users, CI and the operator image.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+this file only wires them. Subcommand modules keep heavy imports (kopf, kubernetes, boto3) inside
+their functions, so `--help` stays fast and the operator image never imports what it does not ship.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("lorasweep_operator.local.demo", "run a small sweep on synthetic clips, no cluster needed"),
+    "run": ("lorasweep_operator.local.runner", "run a sweep's trials as local processes and write its report"),
+    "validate": ("lorasweep_operator.commands.validate", "check a sweep file and print its trial table"),
+    "report": ("lorasweep_operator.commands.report", "build a sweep report from its trials' metrics.json"),
+    "status": ("lorasweep_operator.commands.status", "show a LoraSweep's status from the cluster"),
+    "operator": ("lorasweep_operator.commands.operator", "run the kopf operator"),
+    "dev": ("lorasweep_operator.devcluster.commands", "a local Kubernetes control plane (up, down, status, env)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorasweep", description="LoRA hyperparameter sweeps for video models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, summary) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.set_defaults(module_name=module_name)
+        importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    module = importlib.import_module(args.module_name)
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

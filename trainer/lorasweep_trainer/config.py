@@ -1,0 +1,156 @@
+"""One trial's configuration: the contract between the operator and the trainer.
+
+The operator renders a `TrialConfig` into the Job's ``LORASWEEP_TRIAL`` env var as JSON; the trainer
+parses it with this same model. This module must not import torch, so the operator can share it.
+Field names are snake_case in Python and camelCase on the wire, matching the LoraSweep CRD.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+TRIAL_ENV = "LORASWEEP_TRIAL"
+TERMINATION_LOG_ENV = "LORASWEEP_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
+
+# Trainer exit codes. 2 and 3 are permanent: the Job's podFailurePolicy fails the Job on them.
+EXIT_SUCCEEDED = 0
+EXIT_INVALID_CONFIG = 2
+EXIT_DATASET_UNUSABLE = 3
+PERMANENT_EXIT_CODES = (EXIT_INVALID_CONFIG, EXIT_DATASET_UNUSABLE)
+
+DEFAULT_MODEL = "facebook/vjepa2-vitl-fpc16-256-ssv2"
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
+REST = "rest"
+
+ObjectiveMetric = Literal["val_accuracy", "val_macro_f1", "val_loss"]
+ModelPreset = Literal["tiny", "vjepa2-vitl-256"]
+
+
+class Contract(BaseModel):
+    """camelCase on the wire, snake_case in code, unknown fields rejected, values immutable."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class LoraConfig(Contract):
+    rank: Annotated[int, Field(ge=1, le=1024)] = 16
+    alpha: Annotated[float, Field(gt=0)] = 32.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.10
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("targetModules must name at least one module, for example [q_proj, v_proj]")
+        return value
+
+
+class TrainingConfig(Contract):
+    """Defaults are the reference sweep's baseline."""
+
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 5
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 1
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 4
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] = 2.0e-4
+    weight_decay: Annotated[float, Field(ge=0, le=1.0)] = 0.01
+    lora: LoraConfig = LoraConfig()
+
+
+class SplitConfig(Contract):
+    train: Annotated[float, Field(gt=0, lt=1)] = 0.70
+    val: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    test: Annotated[float, Field(gt=0, lt=1)] = 0.15
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions must sum to 1 (train + val + test = {total:g})")
+        return self
+
+
+ClassSpec = list[Annotated[int, Field(ge=1, le=120)]] | Literal["rest"]
+
+
+class DatasetConfig(Contract):
+    source: str = Field(min_length=1, description="s3://bucket/prefix/ or a local folder of NTU clips")
+    classes: dict[str, ClassSpec] = Field(
+        default_factory=lambda: {"sit_down": [8], "stand_up": [9], "waving": [23], "other": REST}
+    )
+    videos_per_class: Annotated[int, Field(ge=1, le=100_000)] = 50
+    split: SplitConfig = SplitConfig()
+    seed: int = 42
+    max_corrupt_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.10
+
+    @field_validator("classes")
+    @classmethod
+    def _valid_classes(cls, value: dict[str, ClassSpec]) -> dict[str, ClassSpec]:
+        if len(value) < 2:
+            raise ValueError("classes needs at least two entries, for example {sit_down: [8], other: rest}")
+        rest = [name for name, actions in value.items() if actions == REST]
+        if len(rest) > 1:
+            raise ValueError(f"only one class may be 'rest', got {rest}")
+        seen: dict[int, str] = {}
+        for name, actions in value.items():
+            if actions == REST:
+                continue
+            if not actions:
+                raise ValueError(f"class {name!r} lists no action ids; give ids like [8] or 'rest'")
+            for action in actions:
+                if action in seen:
+                    raise ValueError(f"action {action} is in both {seen[action]!r} and {name!r}")
+                seen[action] = name
+        return value
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
+
+
+class ModelConfig(Contract):
+    name: str = DEFAULT_MODEL
+    preset: ModelPreset | None = Field(
+        default=None, description="build this architecture with random weights instead of loading `name`"
+    )
+    frames_per_clip: Annotated[int, Field(ge=2, le=128)] = 8
+
+    @field_validator("frames_per_clip")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"framesPerClip must be even (V-JEPA2 tubelets span 2 frames), got {value}")
+        return value
+
+
+class TrialConfig(Contract):
+    """Everything one trial needs; what the operator writes and the trainer reads."""
+
+    namespace: str = "default"
+    sweep: str = Field(min_length=1)
+    trial: str = Field(min_length=1, description="the trial id, stable across restarts")
+    model: ModelConfig = ModelConfig()
+    dataset: DatasetConfig
+    training: TrainingConfig = TrainingConfig()
+    seed: int = 42
+    output: str = Field(min_length=1, description="the trial's own prefix: s3://bucket/.../trials/<trial>/ or a folder")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9400
+    prefetch: Annotated[int, Field(ge=1, le=64)] = 4
+    io_threads: Annotated[int, Field(ge=1, le=64)] = 4
+
+
+def trial_output(root: str, namespace: str, sweep: str, trial: str) -> str:
+    """``<output>/<namespace>/<sweep>/trials/<trial>/`` (DESIGN.md "Artifacts")."""
+    return f"{sweep_output(root, namespace, sweep)}trials/{trial}/"
+
+
+def sweep_output(root: str, namespace: str, sweep: str) -> str:
+    """``<output>/<namespace>/<sweep>/``: the trials and the report live under it."""
+    return f"{root.rstrip('/')}/{namespace}/{sweep}/"
