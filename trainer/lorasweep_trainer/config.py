@@ -135,6 +135,8 @@ class TrialConfig(Contract):
     namespace: str = "default"
     sweep: str = Field(min_length=1)
     trial: str = Field(min_length=1, description="the trial id, stable across restarts")
+    group: str | None = Field(default=None, description="the search group this trial varies, e.g. learning-rate")
+    variant: str | None = Field(default=None, description="what this trial changes, e.g. learningRate=1e-3")
     model: ModelConfig = ModelConfig()
     dataset: DatasetConfig
     training: TrainingConfig = TrainingConfig()

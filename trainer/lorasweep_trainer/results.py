@@ -64,6 +64,8 @@ class TrialMetrics(Record):
     schema_: Literal["lorasweep.metrics/v1"] = Field(METRICS_SCHEMA, alias="schema")
     sweep: str
     trial: str
+    group: str | None = None
+    variant: str | None = None
     params: TrialParams
     classes: list[str]
     dataset: DatasetSizes
