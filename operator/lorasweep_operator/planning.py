@@ -1,0 +1,336 @@
+"""Planning: a sweep spec to its ordered, de-duplicated list of trials. Pure; no cluster, no clock.
+
+Order is the spec's order (baseline first, then each group's values; grid in row-major order of the
+parameters as `PARAMETERS` lists them; random in sample order; an explicit list as written; fromSweep
+best first), each configuration repeated for every seed. A configuration equal to an earlier one (an
+override equal to the baseline, the same value in two groups) is dropped, so the reference's baseline
+plus four groups plans exactly its 11 trials.
+
+A trial's id is a hash of its resolved training parameters and seed: the same configuration always gets
+the same id, so a restarted operator finds the Jobs it already made. Names are `naming` functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from lorasweep_operator.spec import (
+    DEFAULT_MAX_TRIALS,
+    Distribution,
+    LoraSweepSpec,
+    SpecError,
+    TrainingConfig,
+    TrainingOverride,
+    TrialStatus,
+)
+from lorasweep_trainer.config import TrialConfig, trial_output
+
+TRIAL_ID_LENGTH = 10
+NAME_LIMIT = 63
+# Past this many raw combinations planning refuses before materialising them (de-dup cannot bring 10^9 down).
+MATERIALISE_LIMIT = 1_000_000
+
+# The searchable parameters, as (camelCase path, integer?) in the order grids and variants use.
+PARAMETERS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("learningRate",), False),
+    (("lora", "rank"), True),
+    (("lora", "alpha"), False),
+    (("lora", "dropout"), False),
+    (("epochs",), True),
+    (("batchSize",), True),
+    (("gradientAccumulationSteps",), True),
+    (("weightDecay",), False),
+)
+
+BASELINE = "baseline"
+
+
+class PlanError(SpecError):
+    """The search cannot be expanded as written (too many trials, an invalid combination, no source)."""
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    index: int
+    id: str
+    job_name: str
+    group: str
+    variant: str
+    training: TrainingConfig
+    seed: int
+
+
+# --- names ----------------------------------------------------------------------------------------------------
+
+
+def short_hash(text: str, length: int = TRIAL_ID_LENGTH) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def trial_id(training: TrainingConfig, seed: int) -> str:
+    canonical = json.dumps(
+        {"training": training.model_dump(mode="json", by_alias=True), "seed": seed},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return short_hash(canonical)
+
+
+def job_name(sweep: str, trial: str) -> str:
+    """``<sweep prefix>-<trial id>``: a DNS-1123 label (<= 63) that is also a valid label value."""
+    prefix = sweep.lower().replace(".", "-")[: NAME_LIMIT - len(trial) - 1].rstrip("-")
+    return f"{prefix}-{trial}" if prefix else f"t-{trial}"
+
+
+def label_value(text: str) -> str:
+    """`text` when it is a valid label value (sweep names are DNS subdomains, up to 253), else prefix + hash."""
+    if len(text) <= NAME_LIMIT:
+        return text
+    return f"{text[: NAME_LIMIT - TRIAL_ID_LENGTH - 1].rstrip('-.')}-{short_hash(text)}"
+
+
+# --- overrides ------------------------------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_changes(training: TrainingConfig, changes: Mapping[str, Any], where: str) -> TrainingConfig:
+    """`training` with the camelCase `changes` merged in, validated as a whole."""
+    try:
+        return TrainingConfig.model_validate(_merge(training.model_dump(mode="json", by_alias=True), changes))
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise PlanError(f"{where} gives an invalid trial: {problems}") from None
+
+
+def apply_override(training: TrainingConfig, override: TrainingOverride | None, where: str) -> TrainingConfig:
+    return training if override is None else apply_changes(training, override.changes(), where)
+
+
+def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    for key in reversed(path):
+        value = {key: value}
+    return dict(value)
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "+".join(str(item) for item in value)
+    return str(value)
+
+
+def describe(baseline: TrainingConfig, training: TrainingConfig) -> str:
+    """What `training` changes against `baseline`, e.g. ``learningRate=0.001`` or ``lora.rank=8 lora.alpha=16``."""
+    before = _flatten(baseline.model_dump(mode="json", by_alias=True))
+    after = _flatten(training.model_dump(mode="json", by_alias=True))
+    order = [".".join(path) for path, _ in PARAMETERS]
+    keys = sorted(after, key=lambda key: (order.index(key) if key in order else len(order), key))
+    changes = [f"{key}={_format(after[key])}" for key in keys if after[key] != before.get(key)]
+    return " ".join(changes) if changes else BASELINE
+
+
+# --- the search kinds -----------------------------------------------------------------------------------------
+
+Configuration = tuple[str, TrainingConfig]  # (group, resolved training)
+
+
+def _groups(spec: LoraSweepSpec) -> Iterator[Configuration]:
+    for group in spec.search.groups or []:
+        for index, value in enumerate(group.values):
+            where = f"search.groups[{group.name}].values[{index}]"
+            yield group.name, apply_override(spec.training, value, where)
+
+
+def _grid_axes(spec: LoraSweepSpec) -> list[tuple[tuple[str, ...], list[Any]]]:
+    assert spec.search.grid is not None
+    listed = _flatten(spec.search.grid.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return [(path, list(listed[".".join(path)])) for path, _ in PARAMETERS if ".".join(path) in listed]
+
+
+def _grid(spec: LoraSweepSpec) -> Iterator[Configuration]:
+    axes = _grid_axes(spec)
+    for combination in itertools.product(*(values for _, values in axes)):
+        changes: dict[str, Any] = {}
+        for (path, _), value in zip(axes, combination, strict=True):
+            changes = _merge(changes, _nested(path, value))
+        yield "grid", apply_changes(spec.training, changes, f"search.grid {describe_changes(changes)}")
+
+
+def describe_changes(changes: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={_format(value)}" for key, value in _flatten(changes).items())
+
+
+def sample(distribution: Distribution, rng: random.Random, integer: bool) -> float | int:
+    """One draw; integers round to the nearest whole number, floats keep 6 significant digits."""
+    value: float
+    if distribution.choice is not None:
+        value = rng.choice(distribution.choice)
+    elif distribution.uniform is not None:
+        value = rng.uniform(distribution.uniform.min, distribution.uniform.max)
+    else:
+        assert distribution.log_uniform is not None
+        low, high = math.log(distribution.log_uniform.min), math.log(distribution.log_uniform.max)
+        value = math.exp(rng.uniform(low, high))
+    return round(value) if integer else float(f"{value:.6g}")
+
+
+def _random(spec: LoraSweepSpec) -> Iterator[Configuration]:
+    search = spec.search.random
+    assert search is not None
+    rng = random.Random(search.seed)
+    space = search.space
+    distributions: list[tuple[tuple[str, ...], bool, Distribution]] = []
+    for path, integer in PARAMETERS:
+        node: Any = space
+        for key in path:
+            node = getattr(node, _snake(key), None) if node is not None else None
+        if node is not None:
+            distributions.append((path, integer, node))
+    for index in range(search.samples):
+        changes: dict[str, Any] = {}
+        for path, integer, distribution in distributions:
+            changes = _merge(changes, _nested(path, sample(distribution, rng, integer)))
+        yield (
+            "random",
+            apply_changes(spec.training, changes, f"search.random sample {index} ({describe_changes(changes)})"),
+        )
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in name)
+
+
+def _explicit(spec: LoraSweepSpec) -> Iterator[Configuration]:
+    for index, value in enumerate(spec.search.explicit or []):
+        yield "list", apply_override(spec.training, value, f"search.list[{index}]")
+
+
+def _from_sweep(spec: LoraSweepSpec, source: Sequence[TrialStatus]) -> Iterator[Configuration]:
+    search = spec.search.from_sweep
+    assert search is not None
+    finished = [trial for trial in source if trial.phase == "Succeeded" and trial.objective is not None]
+    if not finished:
+        raise PlanError(f"search.fromSweep: sweep {search.name!r} has no succeeded trial with an objective to take")
+    for rank, trial in enumerate(finished[: search.top], start=1):
+        where = f"search.fromSweep.override on {search.name} trial {trial.id}"
+        yield trial.group or f"top-{rank}", apply_override(trial.params, search.override, where)
+
+
+def upper_bound(spec: LoraSweepSpec) -> int:
+    """Trials before de-duplication, computed without materialising them."""
+    search = spec.search
+    configs: int
+    if search.groups is not None:
+        configs = sum(len(group.values) for group in search.groups)
+    elif search.grid is not None:
+        configs = math.prod(len(values) for _, values in _grid_axes(spec))
+    elif search.random is not None:
+        configs = search.random.samples
+    elif search.explicit is not None:
+        configs = len(search.explicit)
+    else:
+        assert search.from_sweep is not None
+        configs = search.from_sweep.top
+    return (configs + int(search.baseline_included())) * len(search.seeds)
+
+
+def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus] = ()) -> list[PlannedTrial]:
+    """The sweep's trials in launch order. `source` is the fromSweep sweep's trial table, best first."""
+    bound = upper_bound(spec)
+    if bound > MATERIALISE_LIMIT:
+        raise PlanError(
+            f"the search expands to {bound:,} trials, more than maxTrials={spec.max_trials:,}; "
+            f"narrow the search (fewer values, samples or seeds)"
+        )
+    configurations: list[Configuration] = []
+    if spec.search.baseline_included():
+        configurations.append((BASELINE, spec.training))
+    search = spec.search
+    if search.groups is not None:
+        configurations.extend(_groups(spec))
+    elif search.grid is not None:
+        configurations.extend(_grid(spec))
+    elif search.random is not None:
+        configurations.extend(_random(spec))
+    elif search.explicit is not None:
+        configurations.extend(_explicit(spec))
+    else:
+        configurations.extend(_from_sweep(spec, source))
+
+    trials: list[PlannedTrial] = []
+    seen: dict[str, str] = {}
+    for group, training in configurations:
+        for seed in search.seeds:
+            identity = trial_id(training, seed)
+            if identity in seen:
+                continue
+            seen[identity] = group
+            trials.append(
+                PlannedTrial(
+                    index=len(trials),
+                    id=identity,
+                    job_name=job_name(sweep, identity),
+                    group=group,
+                    variant=describe(spec.training, training),
+                    training=training,
+                    seed=seed,
+                )
+            )
+    if len(trials) > spec.max_trials:
+        raise PlanError(
+            f"the search expands to {len(trials):,} trials, more than maxTrials={spec.max_trials:,}; "
+            f"narrow the search or raise spec.maxTrials (at most {DEFAULT_MAX_TRIALS:,})"
+        )
+    return trials
+
+
+def trial_config(
+    spec: LoraSweepSpec,
+    namespace: str,
+    sweep: str,
+    trial: PlannedTrial,
+    output_root: str | None = None,
+) -> TrialConfig:
+    """The `LORASWEEP_TRIAL` document for one planned trial; `output_root` defaults to `spec.storage.output`."""
+    root = output_root if output_root is not None else spec.storage.output
+    return TrialConfig(
+        namespace=namespace,
+        sweep=sweep,
+        trial=trial.id,
+        group=trial.group,
+        variant=trial.variant,
+        model=spec.model,
+        dataset=spec.dataset,
+        training=trial.training,
+        seed=trial.seed,
+        output=trial_output(root, namespace, sweep, trial.id),
+    )

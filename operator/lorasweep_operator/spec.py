@@ -1,0 +1,488 @@
+"""The LoraSweep custom resource as typed models: the spec users write and the status the operator keeps.
+
+The trial-level parts (model, dataset, training, LoRA) are the trainer's own contract models from
+``lorasweep_trainer.config``; this module adds what only a sweep has: the search, the objective, the
+scheduling knobs of the trial Jobs, and the status. Field names are camelCase on the wire and agree
+with ``deploy/crd/lorasweeps.lorasweep.dev.yaml`` (a unit test holds the two together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from lorasweep_trainer.config import (
+    Contract,
+    DatasetConfig,
+    LoraConfig,
+    ModelConfig,
+    ObjectiveMetric,
+    SplitConfig,
+    TrainingConfig,
+)
+
+GROUP = "lorasweep.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LoraSweep"
+PLURAL = "lorasweeps"
+SHORT_NAME = "lsw"
+
+DEFAULT_COMMAND = ("lorasweep-trainer", "train")
+DEFAULT_MAX_TRIALS = 10_000
+DEFAULT_SEEDS = (42,)
+GPU_RESOURCE = "nvidia.com/gpu"
+
+__all__ = [
+    "API_VERSION",
+    "BestTrial",
+    "Condition",
+    "DatasetConfig",
+    "Distribution",
+    "FromSweep",
+    "GridSearch",
+    "KIND",
+    "LoraConfig",
+    "LoraSweepSpec",
+    "LoraSweepStatus",
+    "ModelConfig",
+    "Objective",
+    "RandomSearch",
+    "SearchGroup",
+    "SearchSpec",
+    "SpecError",
+    "SplitConfig",
+    "Storage",
+    "SweepManifest",
+    "TrainingConfig",
+    "TrainingOverride",
+    "TrialCounts",
+    "TrialOutcome",
+    "TrialStatus",
+    "load_sweep_file",
+    "parse_manifest",
+    "parse_spec",
+]
+
+
+class SpecError(ValueError):
+    """A sweep that cannot run as written; the message says what to change."""
+
+
+# --- what a trial may change -------------------------------------------------------------------------------
+
+
+class LoraOverride(Contract):
+    rank: Annotated[int, Field(ge=1, le=1024)] | None = None
+    alpha: Annotated[float, Field(gt=0)] | None = None
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    target_modules: tuple[str, ...] | None = None
+
+
+class TrainingOverride(Contract):
+    """A partial `TrainingConfig`: only the fields a trial changes against `spec.training`."""
+
+    epochs: Annotated[int, Field(ge=1, le=1000)] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1.0)] | None = None
+    lora: LoraOverride | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields set, nested, camelCase: what `planning.apply_override` merges into the defaults."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _alpha_with_rank(values: list[TrainingOverride], where: str) -> list[TrainingOverride]:
+    # Changing the rank alone silently changes alpha/rank (the LoRA scale); the reference always moved them together.
+    for index, value in enumerate(values):
+        if value.lora is not None and value.lora.rank is not None and value.lora.alpha is None:
+            raise ValueError(
+                f"{where}[{index}] sets lora.rank={value.lora.rank} without lora.alpha; give alpha too "
+                f"(for example alpha: {2 * value.lora.rank} keeps the reference's alpha = 2 x rank)"
+            )
+    return values
+
+
+# --- the search ---------------------------------------------------------------------------------------------
+
+
+class SearchGroup(Contract):
+    """One factor at a time: each value is applied to the baseline on its own (the reference's design)."""
+
+    name: str = Field(min_length=1, max_length=63)
+    values: list[TrainingOverride] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _rank_alpha(self) -> SearchGroup:
+        _alpha_with_rank(self.values, f"search.groups[{self.name}].values")
+        return self
+
+
+class Range(Contract):
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.min < self.max:
+            raise ValueError(f"a range needs min < max, got min={self.min:g} max={self.max:g}")
+        return self
+
+
+class Distribution(Contract):
+    """Exactly one of: ``choice: [..]``, ``uniform: {min, max}``, ``logUniform: {min, max}`` (min > 0)."""
+
+    choice: list[float] | None = Field(default=None, min_length=1)
+    uniform: Range | None = None
+    log_uniform: Range | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        options = {"choice": self.choice, "uniform": self.uniform, "logUniform": self.log_uniform}
+        given = [name for name, value in options.items() if value is not None]
+        if len(given) != 1:
+            raise ValueError(f"a distribution needs exactly one of choice, uniform, logUniform; got {given or 'none'}")
+        if self.log_uniform is not None and self.log_uniform.min <= 0:
+            raise ValueError(f"logUniform needs min > 0, got {self.log_uniform.min:g}")
+        return self
+
+
+class LoraSpace(Contract):
+    rank: Distribution | None = None
+    alpha: Distribution | None = None
+    dropout: Distribution | None = None
+
+
+class SearchSpace(Contract):
+    epochs: Distribution | None = None
+    batch_size: Distribution | None = None
+    gradient_accumulation_steps: Distribution | None = None
+    learning_rate: Distribution | None = None
+    weight_decay: Distribution | None = None
+    lora: LoraSpace | None = None
+
+
+class RandomSearch(Contract):
+    samples: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)]
+    seed: int = 0
+    space: SearchSpace
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> RandomSearch:
+        if not self.space.model_dump(exclude_none=True, exclude={"lora"}) and not (
+            self.space.lora and self.space.lora.model_dump(exclude_none=True)
+        ):
+            raise ValueError("search.random.space names no parameter; add one, e.g. learningRate: {logUniform: ...}")
+        return self
+
+
+class LoraGrid(Contract):
+    rank: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(default=None, min_length=1)
+    alpha: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1)
+    dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] | None = Field(default=None, min_length=1)
+
+
+class GridSearch(Contract):
+    """The cartesian product of every listed value."""
+
+    epochs: list[Annotated[int, Field(ge=1, le=1000)]] | None = Field(default=None, min_length=1)
+    batch_size: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(default=None, min_length=1)
+    gradient_accumulation_steps: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(default=None, min_length=1)
+    learning_rate: list[Annotated[float, Field(gt=0, le=1.0)]] | None = Field(default=None, min_length=1)
+    weight_decay: list[Annotated[float, Field(ge=0, le=1.0)]] | None = Field(default=None, min_length=1)
+    lora: LoraGrid | None = None
+
+
+class FromSweep(Contract):
+    """Re-run the best `top` configurations of a finished sweep in the same namespace (the reference's Phase 2)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    top: Annotated[int, Field(ge=1, le=100)] = 3
+    override: TrainingOverride | None = Field(default=None, description="applied on top of each source trial")
+
+
+SEARCH_KINDS = ("groups", "grid", "random", "list", "fromSweep")
+
+
+class SearchSpec(Contract):
+    include_baseline: bool | None = Field(
+        default=None, description="run spec.training itself as the first trial; default true for groups only"
+    )
+    groups: list[SearchGroup] | None = Field(default=None, min_length=1)
+    grid: GridSearch | None = None
+    random: RandomSearch | None = None
+    explicit: list[TrainingOverride] | None = Field(default=None, alias="list", min_length=1)
+    from_sweep: FromSweep | None = None
+    seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchSpec:
+        given = self.kinds()
+        if len(given) != 1:
+            raise ValueError(
+                f"search needs exactly one of {', '.join(SEARCH_KINDS)}; got {', '.join(given) if given else 'none'}"
+            )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"search.seeds has duplicates: {self.seeds}")
+        if self.explicit is not None:
+            _alpha_with_rank(self.explicit, "search.list")
+        names = [group.name for group in self.groups or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"search.groups names must be unique, got {names}")
+        return self
+
+    def kinds(self) -> list[str]:
+        fields: dict[str, object] = {"groups": self.groups, "grid": self.grid, "random": self.random}
+        fields.update({"list": self.explicit, "fromSweep": self.from_sweep})
+        return [name for name, value in fields.items() if value is not None]
+
+    @property
+    def kind(self) -> str:
+        return self.kinds()[0]
+
+    def baseline_included(self) -> bool:
+        return self.include_baseline if self.include_baseline is not None else self.groups is not None
+
+
+# --- the rest of the spec -----------------------------------------------------------------------------------
+
+
+class Objective(Contract):
+    metric: ObjectiveMetric = "val_accuracy"
+    goal: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="default: minimize for val_loss, maximize otherwise"
+    )
+
+    @property
+    def resolved_goal(self) -> Literal["maximize", "minimize"]:
+        if self.goal is not None:
+            return self.goal
+        return "minimize" if self.metric == "val_loss" else "maximize"
+
+
+class Storage(Contract):
+    output: str = Field(min_length=1, description="s3://bucket/prefix/: trials and reports go under it")
+    endpoint: str | None = Field(default=None, description="S3 endpoint URL (MinIO, moto); AWS when unset")
+    credentials_secret: str | None = Field(
+        default=None, description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, loaded by envFrom"
+    )
+
+
+Quantity = int | str
+
+
+class Resources(Contract):
+    limits: dict[str, Quantity] = Field(default_factory=lambda: dict[str, Quantity]({GPU_RESOURCE: 1}))
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class Toleration(Contract):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class LocalObjectReference(Contract):
+    name: str = Field(min_length=1)
+
+
+class LoraSweepSpec(Contract):
+    image: str = Field(min_length=1, description="the trainer image")
+    command: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMAND), min_length=1)
+    model: ModelConfig = ModelConfig()
+    dataset: DatasetConfig
+    training: TrainingConfig = TrainingConfig()
+    search: SearchSpec
+    objective: Objective = Objective()
+    storage: Storage
+    parallelism: Annotated[int, Field(ge=1, le=1000)] = 1
+    max_failed_trials: Annotated[int, Field(ge=0)] = 3
+    max_trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)] = DEFAULT_MAX_TRIALS
+    suspend: bool = False
+    resources: Resources = Resources()
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    service_account_name: str | None = None
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = 2
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    queue_name: str | None = Field(default=None, description="Kueue LocalQueue; Jobs are created suspended for it")
+
+    @field_validator("command")
+    @classmethod
+    def _no_empty_args(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("command[0] must name the program to run, e.g. lorasweep-trainer")
+        return value
+
+
+# --- status -------------------------------------------------------------------------------------------------
+
+
+class StatusModel(BaseModel):
+    """camelCase like the spec; unknown keys ignored so a newer operator's status never breaks an older one."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+SweepPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+TERMINAL_TRIAL_PHASES: tuple[TrialPhase, ...] = ("Succeeded", "Failed")
+TERMINAL_SWEEP_PHASES: tuple[SweepPhase, ...] = ("Succeeded", "Failed")
+
+
+class Condition(StatusModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class TrialStatus(StatusModel):
+    """One row of the trial table."""
+
+    id: str
+    job: str
+    phase: TrialPhase
+    group: str | None = None
+    variant: str | None = None
+    seed: int
+    params: TrainingConfig
+    objective: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    best_epoch: int | None = None
+    metrics_uri: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+
+
+class TrialOutcome(StatusModel):
+    """What survives of every finished trial even when the table keeps only the top ones."""
+
+    phase: Literal["Succeeded", "Failed"]
+    objective: float | None = None
+
+
+class TrialCounts(StatusModel):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class BestTrial(StatusModel):
+    trial: str
+    job: str
+    group: str | None = None
+    variant: str | None = None
+    seed: int
+    params: TrainingConfig
+    metric: ObjectiveMetric
+    objective: float
+    metrics_uri: str | None = None
+    summary: str = Field(description="'<objective> <variant>', the Best printer column")
+
+
+class LoraSweepStatus(StatusModel):
+    phase: SweepPhase = "Pending"
+    message: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    counts: TrialCounts = TrialCounts()
+    best: BestTrial | None = None
+    trials: list[TrialStatus] = Field(default_factory=list, description="best first; all trials while small")
+    trials_truncated: bool = False
+    outcomes: dict[str, TrialOutcome] = Field(default_factory=dict, description="every finished trial, by id")
+    start_time: str | None = None
+    completion_time: str | None = None
+    report_uri: str | None = None
+
+    def to_patch(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- manifests ----------------------------------------------------------------------------------------------
+
+
+class SweepManifest(BaseModel):
+    """A LoraSweep as a file or API object holds it: the validated spec plus the identity around it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    namespace: str
+    spec: LoraSweepSpec
+    generation: int | None = None
+    uid: str | None = None
+
+
+def _describe(error: ValidationError, prefix: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        lines.append(f"{prefix}.{where}: {item['msg']}" if where else f"{prefix}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> LoraSweepSpec:
+    """Validate a spec mapping; `SpecError` lists every problem with its field path."""
+    try:
+        return LoraSweepSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        raise SpecError(_describe(error, "spec")) from None
+
+
+def parse_manifest(document: Mapping[str, Any], default_namespace: str = "default") -> SweepManifest:
+    kind = document.get("kind")
+    if kind != KIND:
+        raise SpecError(f"expected kind {KIND}, got {kind!r}")
+    api_version = document.get("apiVersion")
+    if api_version != API_VERSION:
+        raise SpecError(f"expected apiVersion {API_VERSION}, got {api_version!r}")
+    metadata = document.get("metadata") or {}
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("metadata.name is required")
+    spec = document.get("spec")
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec is required")
+    return SweepManifest(
+        name=name,
+        namespace=metadata.get("namespace") or default_namespace,
+        spec=parse_spec(spec),
+        generation=metadata.get("generation"),
+        uid=metadata.get("uid"),
+    )
+
+
+def load_sweep_file(path: str | Path, default_namespace: str = "default") -> SweepManifest:
+    """Read a sweep YAML file (the one users `kubectl apply`); other documents in it are skipped."""
+    text = Path(path).read_text()
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc]
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    sweeps = [doc for doc in documents if isinstance(doc, Mapping) and doc.get("kind") == KIND]
+    if len(sweeps) != 1:
+        raise SpecError(f"{path}: expected exactly one {KIND} document, found {len(sweeps)}")
+    try:
+        return parse_manifest(sweeps[0], default_namespace)
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None
