@@ -1,0 +1,66 @@
+"""The sweep report: a pure builder (trial metrics -> `Report`), renderers (markdown, PNG figures),
+and storage (read metrics.json from a folder or an s3:// prefix, publish the report next to them).
+
+`publish_sweep_report` is the one call the operator and the local runner make when a sweep finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from lorasweep_operator.report.builder import build_report
+from lorasweep_operator.report.model import Goal, Report
+from lorasweep_trainer.config import ObjectiveMetric
+from lorasweep_trainer.results import TrialMetrics
+
+REPORT_FILE = "report.md"
+
+log = logging.getLogger(__name__)
+
+__all__ = ["REPORT_FILE", "Report", "build_report", "publish_report", "publish_sweep_report", "render"]
+
+
+def render(report: Report) -> dict[str, bytes]:
+    """The report's files, name -> bytes: the figures, then report.md."""
+    from lorasweep_operator.report.figures import render_figures
+    from lorasweep_operator.report.markdown import render_markdown
+
+    figures = render_figures(report)
+    return {**figures, REPORT_FILE: render_markdown(report, list(figures)).encode()}
+
+
+def publish_report(report: Report, destination: str) -> str:
+    """Write report.md and its figures under ``destination`` (a folder or s3:// prefix); returns report.md's URI."""
+    from lorasweep_operator.report.storage import write_files
+
+    uris = write_files(destination, render(report))
+    log.info("report published uri=%s sweep=%s", uris[REPORT_FILE], report.sweep)
+    return uris[REPORT_FILE]
+
+
+def publish_sweep_report(
+    metrics_source: str,
+    destination: str,
+    objective: ObjectiveMetric = "val_accuracy",
+    goal: Goal | None = None,
+    *,
+    sweep: str | None = None,
+    failed: Mapping[str, str] | None = None,
+    trials: Sequence[str] | None = None,
+) -> str:
+    """Read every metrics.json under ``metrics_source``, build the report and publish it to ``destination``.
+
+    ``trials`` limits the report to those trial ids (the sweep's current plan) when given; ``failed``
+    (trial -> reason) lists trials that left no metrics. Raises ValueError when no usable metrics exist.
+    Returns the URI of report.md.
+    """
+    from lorasweep_operator.report.storage import load_metrics
+
+    loaded, unreadable = load_metrics(metrics_source)
+    wanted = None if trials is None else set(trials)
+    selected: list[TrialMetrics] = [t for t in loaded if wanted is None or t.trial in wanted]
+    problems = dict(failed or {})
+    problems.update({location: f"unreadable metrics: {why}" for location, why in unreadable.items()})
+    report = build_report(selected, objective=objective, goal=goal, sweep=sweep, failed=problems)
+    return publish_report(report, destination)

@@ -1,0 +1,513 @@
+"""Build the sweep report from its trials' metrics: pure, no I/O.
+
+Selection uses the objective on the validation split only; test accuracy is carried beside it and
+never used to rank, pick or recommend. Trials that differ only in their seed are one configuration:
+their accuracies are averaged and their spread reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from lorasweep_operator.report import formatting as fmt
+from lorasweep_operator.report.model import (
+    Accuracy,
+    ClassResult,
+    Configuration,
+    EfficiencyRow,
+    Goal,
+    GroupRow,
+    GroupTable,
+    Methodology,
+    ParamValue,
+    Report,
+    Reproducibility,
+)
+from lorasweep_operator.report.stats import mean_std, points_per_sample, wilson_interval
+from lorasweep_trainer.config import ObjectiveMetric
+from lorasweep_trainer.results import TrialMetrics
+
+BASELINE = "baseline"
+TOP_K = 10
+OBJECTIVE_NAMES = {
+    "val_accuracy": "validation accuracy",
+    "val_macro_f1": "validation macro F1",
+    "val_loss": "validation loss",
+}
+
+
+def default_goal(objective: ObjectiveMetric) -> Goal:
+    return "minimize" if objective == "val_loss" else "maximize"
+
+
+def build_report(
+    trials: Sequence[TrialMetrics],
+    *,
+    objective: ObjectiveMetric = "val_accuracy",
+    goal: Goal | None = None,
+    sweep: str | None = None,
+    failed: Mapping[str, str] | None = None,
+    generated_at: datetime | None = None,
+    top_k: int = TOP_K,
+) -> Report:
+    """The whole report for ``trials`` (any order); ``failed`` names trials that left no metrics, with why."""
+    if not trials:
+        raise ValueError("no trial results to report on: no metrics.json was found for this sweep")
+    goal = goal or default_goal(objective)
+    failed = dict(failed or {})
+    first = trials[0]
+    baseline_key = _baseline_key(trials)
+    baseline_params = _params(_by_key(trials)[baseline_key][0]) if baseline_key else None
+
+    configurations = [
+        _configuration(members, objective, baseline_key == key, baseline_params)
+        for key, members in _by_key(trials).items()
+    ]
+    ranked = sorted(configurations, key=lambda c: _rank_key(c, goal))
+    best = ranked[0]
+    baseline = next((c for c in configurations if c.is_baseline), None)
+    groups = sorted(_group_tables(configurations, baseline), key=lambda g: (-g.spread, g.name))
+    seeds = sorted({t.params.seed for t in trials})
+    methodology = _methodology(trials, ranked, groups, seeds, failed)
+
+    return Report(
+        sweep=sweep or first.sweep,
+        generated_at=(generated_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+        model=first.model,
+        objective=objective,
+        goal=goal,
+        classes=list(first.classes),
+        summary=_summary(trials, ranked, baseline, groups, objective, methodology),
+        methodology=methodology,
+        ranked=ranked,
+        top=ranked[:top_k],
+        best=best,
+        baseline=baseline,
+        groups=groups,
+        efficiency=_efficiency(ranked),
+        recommendations=_recommendations(ranked, baseline, objective, methodology),
+        reproducibility=_reproducibility(trials, seeds),
+        warnings=_warnings(trials, objective),
+    )
+
+
+def _params(trial: TrialMetrics) -> dict[str, ParamValue]:
+    params: dict[str, ParamValue] = trial.params.model_dump()
+    params.pop("seed", None)
+    return params
+
+
+def _param_key(trial: TrialMetrics) -> str:
+    return json.dumps(_params(trial), sort_keys=True)
+
+
+def _by_key(trials: Sequence[TrialMetrics]) -> dict[str, list[TrialMetrics]]:
+    """Trials grouped into configurations (same params but the seed), each sorted by seed then id."""
+    grouped: dict[str, list[TrialMetrics]] = {}
+    for trial in sorted(trials, key=lambda t: (t.params.seed, t.trial)):
+        grouped.setdefault(_param_key(trial), []).append(trial)
+    return dict(sorted(grouped.items(), key=lambda item: item[1][0].trial))
+
+
+def _baseline_key(trials: Sequence[TrialMetrics]) -> str | None:
+    """The configuration the planner marked as baseline; with none marked, the one ungrouped configuration."""
+    for marker in (BASELINE, None):
+        keys = {_param_key(t) for t in trials if t.group == marker}
+        if len(keys) == 1:
+            return keys.pop()
+    return None
+
+
+def _accuracy(values: Sequence[float], n: int) -> Accuracy:
+    mean, std = mean_std(values)
+    return Accuracy(mean=mean, std=std, n=n, interval=wilson_interval(mean, n), seeds=len(values))
+
+
+def _label(trial: TrialMetrics, is_baseline: bool, baseline_params: Mapping[str, ParamValue] | None) -> str:
+    if is_baseline:
+        return BASELINE
+    if baseline_params is not None:
+        changed = _describe({k: v for k, v in _params(trial).items() if baseline_params.get(k) != v})
+        if changed:
+            return changed
+    return trial.variant or trial.group or trial.trial
+
+
+def _describe(params: Mapping[str, ParamValue]) -> str:
+    return ", ".join(f"{fmt.param_label(k)}={fmt.param_value(k, v)}" for k, v in params.items())
+
+
+def _configuration(
+    members: Sequence[TrialMetrics],
+    objective: ObjectiveMetric,
+    is_baseline: bool,
+    baseline_params: Mapping[str, ParamValue] | None,
+) -> Configuration:
+    first = members[0]
+    objectives = [value for t in members if (value := t.objective(objective)) is not None]
+    objective_mean, objective_std = mean_std(objectives) if objectives else (None, None)
+    per_class = {}
+    for name in first.classes:
+        rows = [t.per_class[name] for t in members if name in t.per_class]
+        if rows:
+            per_class[name] = ClassResult(
+                precision=mean_std([r.precision for r in rows])[0],
+                recall=mean_std([r.recall for r in rows])[0],
+                f1=mean_std([r.f1 for r in rows])[0],
+                support=rows[0].support,
+            )
+    return Configuration(
+        key=first.trial,
+        trials=[t.trial for t in members],
+        label=_label(first, is_baseline, baseline_params),
+        group=first.group,
+        variant=first.variant,
+        is_baseline=is_baseline,
+        params=_params(first),
+        seeds=[t.params.seed for t in members],
+        objective=objective_mean,
+        objective_std=objective_std,
+        train=_accuracy([t.train_accuracy for t in members], first.dataset.train),
+        val=_accuracy([t.val_accuracy for t in members], first.dataset.val),
+        test=_accuracy([t.test_accuracy for t in members], first.dataset.test),
+        best_epochs=[t.best_epoch for t in members],
+        epochs=first.params.epochs,
+        trainable_parameters=first.trainable_parameters,
+        total_parameters=first.total_parameters,
+        per_class=per_class,
+        confusion_matrix=_summed([t.confusion_matrix for t in members]),
+        inference_ms_per_video=mean_std([t.inference_ms_per_video for t in members])[0],
+        train_seconds=mean_std([t.train_seconds for t in members])[0],
+    )
+
+
+def _summed(matrices: Sequence[list[list[int]]]) -> list[list[int]]:
+    shaped = [m for m in matrices if [len(r) for r in m] == [len(r) for r in matrices[0]]]
+    return [[sum(m[i][j] for m in shaped) for j in range(len(row))] for i, row in enumerate(matrices[0])]
+
+
+def _rank_key(configuration: Configuration, goal: Goal) -> tuple[bool, float, int, bool, str, str, str]:
+    """Best objective first; ties go to fewer trainable parameters, then the baseline, then by name."""
+    value = configuration.objective
+    signed = 0.0 if value is None else round(-value if goal == "maximize" else value, 9)
+    return (
+        value is None,
+        signed,
+        configuration.trainable_parameters,
+        not configuration.is_baseline,
+        configuration.group or "",
+        configuration.label,
+        configuration.key,
+    )
+
+
+def _group_tables(configurations: Sequence[Configuration], baseline: Configuration | None) -> list[GroupTable]:
+    names = list(
+        dict.fromkeys(c.group for c in configurations if not c.is_baseline and c.group not in (None, BASELINE))
+    )
+    tables = []
+    for name in names:
+        members = [c for c in configurations if c.group == name and not c.is_baseline]
+        rows_of = ([baseline] if baseline else []) + members
+        varied = [k for k in rows_of[0].params if len({json.dumps(c.params.get(k)) for c in rows_of}) > 1]
+        rows_of.sort(key=lambda c: tuple(_sortable(c.params.get(k)) for k in varied))
+        rows = [_group_row(c, baseline, varied) for c in rows_of]
+        spread = max(r.val.mean for r in rows) - min(r.val.mean for r in rows)
+        tables.append(
+            GroupTable(
+                name=name,
+                varied=varied,
+                rows=rows,
+                spread=spread,
+                finding=_group_finding(rows),
+                noise=_group_noise(rows, baseline),
+            )
+        )
+    return tables
+
+
+def _sortable(value: ParamValue) -> tuple[int, float, str]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _group_row(c: Configuration, baseline: Configuration | None, varied: Sequence[str]) -> GroupRow:
+    return GroupRow(
+        configuration=c.key,
+        label=c.label,
+        is_baseline=c.is_baseline,
+        values={k: c.params.get(k) for k in varied},
+        val=c.val,
+        test=c.test,
+        delta_val=c.val.mean - baseline.val.mean if baseline else None,
+        delta_test=c.test.mean - baseline.test.mean if baseline else None,
+        val_within_noise=c.val.interval.overlaps(baseline.val.interval) if baseline else None,
+        trainable_parameters=c.trainable_parameters,
+    )
+
+
+def _group_finding(rows: Sequence[GroupRow]) -> str:
+    low = min(rows, key=lambda r: r.val.mean)
+    high = max(rows, key=lambda r: r.val.mean)
+    if high.val.mean - low.val.mean < 1e-9:
+        return f"Validation accuracy is the same, {fmt.percent(high.val.mean)}, for every value in this group."
+    text = (
+        f"Validation accuracy ranges from {fmt.percent(low.val.mean)} ({low.label}) "
+        f"to {fmt.percent(high.val.mean)} ({high.label})."
+    )
+    variants = [r for r in rows if not r.is_baseline]
+    if variants and any(r.is_baseline for r in rows):
+        top = max(variants, key=lambda r: r.val.mean)
+        assert top.delta_val is not None and top.delta_test is not None
+        text += (
+            f" The best variant, {top.label}, is {fmt.points(top.delta_val)} on validation "
+            f"and {fmt.points(top.delta_test)} on test against the baseline."
+        )
+    return text
+
+
+def _group_noise(rows: Sequence[GroupRow], baseline: Configuration | None) -> str:
+    n = rows[0].val.n
+    clip = f"one clip is {points_per_sample(n):.1f} points on {n} validation clips"
+    if baseline is None:
+        top = max(rows, key=lambda r: r.val.mean)
+        if all(r.val.interval.overlaps(top.val.interval) for r in rows):
+            return f"All rows' validation intervals overlap, so their differences are within noise ({clip})."
+        return f"Some rows' validation intervals do not overlap the best row's ({clip})."
+    outside = [r.label for r in rows if r.val_within_noise is False]
+    if not outside:
+        return f"Every variant's validation interval overlaps the baseline's, so these differences are within noise ({clip})."
+    return (
+        f"{', '.join(outside)}: validation interval clear of the baseline's, a difference beyond noise; "
+        f"the other rows are within noise ({clip})."
+    )
+
+
+def _efficiency(ranked: Sequence[Configuration]) -> list[EfficiencyRow]:
+    """One row per adapter size: the baseline where it has that size, else the best configuration of that size."""
+    rows = []
+    for size in sorted({c.trainable_parameters for c in ranked}):
+        sized = [c for c in ranked if c.trainable_parameters == size]
+        pick = next((c for c in sized if c.is_baseline), sized[0])
+        rank = pick.params.get("lora_rank")
+        label = f"Rank {rank}" if rank is not None else pick.label
+        if pick.is_baseline:
+            label += " (baseline)"
+        elif len(sized) > 1:
+            label += f" ({pick.label})"
+        rows.append(
+            EfficiencyRow(
+                label=label,
+                trainable_parameters=size,
+                fraction_of_model=size / pick.total_parameters if pick.total_parameters else 0.0,
+                val=pick.val,
+                test=pick.test,
+            )
+        )
+    total = ranked[0].total_parameters
+    rows.append(
+        EfficiencyRow(label="Full fine-tuning", trainable_parameters=total, fraction_of_model=1.0, val=None, test=None)
+    )
+    return rows
+
+
+def _methodology(
+    trials: Sequence[TrialMetrics],
+    configurations: Sequence[Configuration],
+    groups: Sequence[GroupTable],
+    seeds: Sequence[int],
+    failed: Mapping[str, str],
+) -> Methodology:
+    all_params = [t.params.model_dump() for t in trials]
+    fixed = {k: v for k, v in all_params[0].items() if all(p.get(k) == v for p in all_params)}
+    varied = [k for k in all_params[0] if k not in fixed]
+    search = {BASELINE: [BASELINE]} if any(c.is_baseline for c in configurations) else {}
+    search.update({g.name: [r.label for r in g.rows if not r.is_baseline] for g in groups})
+    grouped = {label for labels in search.values() for label in labels}
+    for c in configurations:
+        if c.label not in grouped:
+            search.setdefault(c.group or "trials", []).append(c.label)
+    seconds = [t.train_seconds for t in trials]
+    return Methodology(
+        fixed=fixed,
+        varied=varied,
+        search=search,
+        trials=len(trials),
+        configurations=len(configurations),
+        seeds=list(seeds),
+        failed_trials=dict(failed),
+        total_train_seconds=sum(seconds),
+        mean_train_seconds=sum(seconds) / len(seconds),
+        wall_seconds=_wall_seconds(trials),
+    )
+
+
+def _wall_seconds(trials: Sequence[TrialMetrics]) -> float | None:
+    try:
+        starts = [datetime.fromisoformat(t.started_at) for t in trials]
+        ends = [datetime.fromisoformat(t.finished_at) for t in trials]
+        return (max(ends) - min(starts)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _summary(
+    trials: Sequence[TrialMetrics],
+    ranked: Sequence[Configuration],
+    baseline: Configuration | None,
+    groups: Sequence[GroupTable],
+    objective: ObjectiveMetric,
+    methodology: Methodology,
+) -> list[str]:
+    first, best = trials[0], ranked[0]
+    size = first.dataset
+    lines = [
+        f"The sweep ran {len(trials)} trials ({methodology.configurations} configurations × "
+        f"{len(methodology.seeds)} seed{'s' if len(methodology.seeds) > 1 else ''}) of {first.model} on "
+        f"{len(first.classes)} classes, {size.videos_per_class} videos per class "
+        f"({size.train} train, {size.val} validation, {size.test} test clips).",
+        f"**Best configuration, chosen on {OBJECTIVE_NAMES[objective]} only: {best.label}** with "
+        f"{fmt.accuracy(best.val)} validation accuracy and {fmt.accuracy(best.test)} test accuracy "
+        "(95% Wilson intervals in brackets; test accuracy is reported, never used to choose).",
+    ]
+    if baseline is not None and not best.is_baseline:
+        within = best.val.interval.overlaps(baseline.val.interval)
+        lines.append(
+            f"Baseline: {fmt.accuracy(baseline.val)} validation, {fmt.accuracy(baseline.test)} test. "
+            f"The best configuration is {fmt.points(best.val.mean - baseline.val.mean)} on validation and "
+            f"{fmt.points(best.test.mean - baseline.test.mean)} on test; "
+            + (
+                f"its validation interval overlaps the baseline's, so the lead is within noise "
+                f"(one clip is {points_per_sample(best.val.n):.1f} points on {best.val.n} validation clips)."
+                if within
+                else "its validation interval is clear of the baseline's."
+            )
+        )
+    if groups:
+        top = groups[0]
+        lines.append(
+            f"The largest effect comes from the {top.name} group: validation accuracy spans "
+            f"{100 * top.spread:.1f} points across its values."
+        )
+    test_best = max(ranked, key=lambda c: c.test.mean)
+    if test_best.test.mean > best.test.mean:
+        lines.append(
+            f"{test_best.label} has the highest test accuracy ({fmt.percent(test_best.test.mean)}) but not the best "
+            f"validation score; choosing it would select on the test split and overstate its accuracy."
+        )
+    if methodology.failed_trials:
+        lines.append(f"{len(methodology.failed_trials)} trials failed and are not in the tables.")
+    return lines
+
+
+def _recommendations(
+    ranked: Sequence[Configuration],
+    baseline: Configuration | None,
+    objective: ObjectiveMetric,
+    methodology: Methodology,
+) -> list[str]:
+    best = ranked[0]
+    searched = [k for k in methodology.varied if k in best.params]
+    lines = [
+        f"Use **{best.label}** ({_describe({k: best.params[k] for k in searched}) or 'the baseline'}): best "
+        f"{OBJECTIVE_NAMES[objective]}; validation accuracy {fmt.accuracy(best.val)}, test accuracy "
+        f"{fmt.accuracy(best.test)}."
+    ]
+    close = [c for c in ranked[1:] if c.val.interval.overlaps(best.val.interval)]
+    if close:
+        shown = "; ".join(c.label for c in close[:4]) + (f"; and {len(close) - 4} more" if len(close) > 4 else "")
+        lines.append(
+            f"{len(close)} other configurations ({shown}) have validation intervals overlapping the best's: "
+            f"{best.val.n} validation clips cannot separate them. Re-run the top configurations with more videos "
+            "per class (a follow-up sweep with search.fromSweep) before committing to one."
+        )
+    if not best.test.interval.overlaps(best.val.interval):
+        lines.append(
+            f"The best configuration's test accuracy ({fmt.percent(best.test.mean)}) falls outside its validation "
+            f"interval: picking the best of {len(ranked)} on validation makes its validation score optimistic; "
+            "expect the test figure."
+        )
+    changed = {k: v for k, v in best.params.items() if baseline is not None and baseline.params.get(k) != v}
+    edges = []
+    for name, value in changed.items():
+        tried = sorted({c.params.get(name) for c in ranked if c.params.get(name) is not None}, key=_sortable)
+        if len(tried) > 2 and value in (tried[0], tried[-1]):
+            edge = "largest" if value == tried[-1] else "smallest"
+            edges.append(f"{fmt.param_label(name)}={fmt.param_value(name, value)} is the {edge} value tried")
+    if edges:
+        lines.append(
+            f"The best configuration sits at the edge of the search space ({'; '.join(edges)}): "
+            "extend the search beyond it."
+        )
+    if best.best_epochs and all(e >= best.epochs for e in best.best_epochs):
+        lines.append(f"The best configuration peaked at its last epoch ({best.epochs}/{best.epochs}): train it longer.")
+    if len(methodology.seeds) == 1:
+        lines.append(
+            f"Every configuration ran with one seed ({methodology.seeds[0]}): repeat the top configurations over "
+            "three or more seeds to tell configuration effects from seed noise."
+        )
+    if methodology.failed_trials:
+        failed = methodology.failed_trials
+        lines.append(
+            f"Investigate the {len(failed)} failed trials ({', '.join(sorted(failed))}) before trusting the ranking."
+        )
+    return lines
+
+
+def _split_digest(trial: TrialMetrics) -> str | None:
+    if not trial.split:
+        return None
+    return hashlib.sha256(json.dumps(trial.split, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _reproducibility(trials: Sequence[TrialMetrics], seeds: Sequence[int]) -> Reproducibility:
+    first = trials[0]
+    digests = {_split_digest(t) for t in trials}
+    recorded = {d for d in digests if d is not None}
+    return Reproducibility(
+        git_commits=sorted({t.git_commit for t in trials}),
+        seeds=list(seeds),
+        models=sorted({t.model for t in trials}),
+        devices=sorted({t.device for t in trials}),
+        classes=list(first.classes),
+        videos_per_class=first.dataset.videos_per_class,
+        train=first.dataset.train,
+        val=first.dataset.val,
+        test=first.dataset.test,
+        same_split=(len(digests) == 1) if recorded else None,
+        split_digest=recorded.pop() if len(digests) == 1 and recorded else None,
+        started_at=min(t.started_at for t in trials),
+        finished_at=max(t.finished_at for t in trials),
+    )
+
+
+def _warnings(trials: Sequence[TrialMetrics], objective: ObjectiveMetric) -> list[str]:
+    """Inconsistencies that make a number in the report untrustworthy, said plainly."""
+    first = trials[0]
+    warnings = []
+    for t in trials:
+        if t.classes != first.classes:
+            warnings.append(f"trial {t.trial}: classes {t.classes} differ from {first.classes}")
+        if t.dataset != first.dataset:
+            warnings.append(f"trial {t.trial}: dataset sizes differ from trial {first.trial}'s")
+        if t.objective(objective) is None:
+            warnings.append(f"trial {t.trial}: no {objective} recorded; ranked last")
+        counted = sum(map(sum, t.confusion_matrix))
+        if counted != t.dataset.test:
+            warnings.append(
+                f"trial {t.trial}: the confusion matrix counts {counted} clips but the test split has {t.dataset.test}"
+            )
+        if counted:
+            correct = sum(t.confusion_matrix[i][i] for i in range(min(len(t.confusion_matrix), len(t.classes))))
+            if abs(correct / counted - t.test_accuracy) > 0.5 / counted:
+                warnings.append(
+                    f"trial {t.trial}: the confusion matrix gives test accuracy {fmt.percent(correct / counted)} "
+                    f"but test_accuracy is {fmt.percent(t.test_accuracy)}"
+                )
+    if len({_split_digest(t) for t in trials}) > 1:
+        warnings.append("the trials did not all use the same train/val/test split; their accuracies are not comparable")
+    return warnings
