@@ -1,0 +1,89 @@
+{{/*
+Names are cut to 63 characters (the DNS label limit of Kubernetes names and label values) and never
+end in a dash after the cut.
+*/}}
+{{- define "lorasweep.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lorasweep.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A name derived from the full name: "<fullname>-<suffix>", the full name shortened so the whole stays <= 63. */}}
+{{- define "lorasweep.componentName" -}}
+{{- $suffix := .suffix }}
+{{- $max := sub 62 (len $suffix) | int }}
+{{- printf "%s-%s" (include "lorasweep.fullname" .root | trunc $max | trimSuffix "-") $suffix }}
+{{- end }}
+
+{{- define "lorasweep.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "lorasweep.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lorasweep.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "lorasweep.labels" -}}
+helm.sh/chart: {{ include "lorasweep.chart" . }}
+{{ include "lorasweep.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/part-of: lorasweep
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "lorasweep.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lorasweep.fullname" .) .Values.serviceAccount.name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "lorasweep.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* Namespaced mode when operator.watchNamespaces lists namespaces; cluster mode otherwise. */}}
+{{- define "lorasweep.clusterMode" -}}
+{{- if not .Values.operator.watchNamespaces }}true{{ end }}
+{{- end }}
+
+{{/*
+The permissions the operator uses, and no others. They are the rules of deploy/rbac/role.yaml
+(tests/integration/test_chart_rbac.py holds the two equal and checks each verb against the code):
+  lorasweeps         watch the sweeps; patch adds and removes kopf's finalizer and progress annotations
+  lorasweeps/status  the status the operator rebuilds on every pass
+  jobs               one Job per trial: create, watch them, delete the unstarted ones of a deleted sweep
+  pods               read the finished trial's termination message (its results)
+  events             kopf reports handler outcomes as Events on the sweep
+*/}}
+{{- define "lorasweep.operatorRules" -}}
+- apiGroups: ["lorasweep.dev"]
+  resources: ["lorasweeps"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["lorasweep.dev"]
+  resources: ["lorasweeps/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
