@@ -1,0 +1,428 @@
+"""Status aggregation: the sweep's status rebuilt from its Jobs, its pods' termination messages and what the
+previous status already recorded. Pure; the handler passes the clock in.
+
+Every pass starts from the children, so a restarted operator (or one that missed events) converges to the
+same status. A finished trial's outcome is written to ``status.outcomes`` the first time it is seen and
+is never taken back, so deleting its Job (ttlSecondsAfterFinished, or by hand) loses nothing and never
+relaunches it.
+
+The trial table is best first: succeeded trials by the objective (ties: plan order), then running,
+failed and pending ones. Up to `FULL_TABLE_LIMIT` trials it holds every trial; beyond, the top
+`TOP_K` succeeded plus up to `TOP_K` running and failed ones, so a 10,000-trial sweep stays far below
+the API server's object size limit (every metrics.json is in object storage anyway).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from lorasweep_operator.planning import PlannedTrial
+from lorasweep_operator.rendering import CONTAINER, TRIAL_LABEL
+from lorasweep_operator.spec import (
+    TERMINAL_TRIAL_PHASES,
+    BestTrial,
+    Condition,
+    LoraSweepSpec,
+    LoraSweepStatus,
+    SweepPhase,
+    TrialCounts,
+    TrialOutcome,
+    TrialPhase,
+    TrialStatus,
+)
+from lorasweep_trainer.results import TerminationSummary
+
+FULL_TABLE_LIMIT = 100
+TOP_K = 20
+MESSAGE_LIMIT = 512
+
+# Condition types
+SPEC_VALID = "SpecValid"
+SUSPENDED = "Suspended"
+COMPLETE = "Complete"
+FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    """What a trial Job says about its trial, plus the termination summary of its finished pod."""
+
+    name: str
+    trial: str
+    phase: TrialPhase
+    reason: str | None = None
+    message: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    summary: TerminationSummary | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_TRIAL_PHASES
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Reconciled:
+    status: LoraSweepStatus
+    events: list[Event] = field(default_factory=list)
+
+
+# --- reading children ---------------------------------------------------------------------------------------
+
+
+def _condition(job_status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for condition in job_status.get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def observe_job(job: Mapping[str, Any]) -> ObservedJob:
+    """A batch/v1 Job (as the API returns it, camelCase) to the trial's phase."""
+    metadata = job.get("metadata") or {}
+    status = job.get("status") or {}
+    name = str(metadata.get("name", ""))
+    trial = str((metadata.get("labels") or {}).get(TRIAL_LABEL, ""))
+    started = status.get("startTime")
+    if (done := _condition(status, "Complete")) is not None:
+        finished = status.get("completionTime") or done.get("lastTransitionTime")
+        return ObservedJob(name, trial, "Succeeded", start_time=started, completion_time=finished)
+    if (failed := _condition(status, "Failed")) is not None:
+        return ObservedJob(
+            name,
+            trial,
+            "Failed",
+            reason=failed.get("reason") or "Failed",
+            message=_clip(failed.get("message")),
+            start_time=started,
+            completion_time=failed.get("lastTransitionTime"),
+        )
+    running = (status.get("active") or 0) > 0 and not (job.get("spec") or {}).get("suspend")
+    return ObservedJob(name, trial, "Running" if running else "Pending", start_time=started)
+
+
+def _clip(text: str | None) -> str | None:
+    return None if text is None else text[:MESSAGE_LIMIT]
+
+
+def termination_message(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(finishedAt, message) of the trainer container's last termination, if it left a message."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") != CONTAINER:
+            continue
+        for state in (container.get("state") or {}, container.get("lastState") or {}):
+            terminated = state.get("terminated")
+            if terminated and terminated.get("message"):
+                return str(terminated.get("finishedAt") or ""), str(terminated["message"])
+    return None
+
+
+def parse_summary(trial: str, message: str) -> TerminationSummary:
+    """The trainer's JSON summary, or (a crash's log tail) a Failed summary carrying the text."""
+    try:
+        return TerminationSummary.decode(message)
+    except (ValidationError, json.JSONDecodeError, TypeError):
+        return TerminationSummary(trial=trial, status="Failed", reason="NoSummary", message=_clip(message.strip()))
+
+
+def summaries_by_trial(pods: Sequence[Mapping[str, Any]]) -> dict[str, TerminationSummary]:
+    """The latest termination summary per trial, from the sweep's pods."""
+    latest: dict[str, tuple[str, str]] = {}
+    for pod in pods:
+        trial = ((pod.get("metadata") or {}).get("labels") or {}).get(TRIAL_LABEL)
+        found = termination_message(pod)
+        if trial and found and (trial not in latest or found[0] >= latest[trial][0]):
+            latest[trial] = found
+    return {trial: parse_summary(trial, message) for trial, (_, message) in latest.items()}
+
+
+def with_summaries(jobs: Sequence[ObservedJob], summaries: Mapping[str, TerminationSummary]) -> list[ObservedJob]:
+    return [replace(job, summary=summaries.get(job.trial, job.summary)) for job in jobs]
+
+
+# --- launching ----------------------------------------------------------------------------------------------
+
+
+def launches(
+    spec: LoraSweepSpec,
+    plan: Sequence[PlannedTrial],
+    jobs: Sequence[ObservedJob],
+    previous: LoraSweepStatus,
+) -> list[PlannedTrial]:
+    """The next trials to create: plan order, never more than `parallelism` unfinished Jobs at once."""
+    if spec.suspend:
+        return []
+    finished = _finished(jobs, previous)
+    failed = sum(1 for phase, _ in finished.values() if phase == "Failed")
+    if failed > spec.max_failed_trials:
+        return []
+    existing = {job.trial for job in jobs}
+    active = sum(1 for job in jobs if not job.terminal and job.trial not in finished)
+    room = spec.parallelism - active
+    if room <= 0:
+        return []
+    waiting = [trial for trial in plan if trial.id not in existing and trial.id not in finished]
+    return waiting[:room]
+
+
+def _finished(jobs: Sequence[ObservedJob], previous: LoraSweepStatus) -> dict[str, tuple[TrialPhase, float | None]]:
+    finished: dict[str, tuple[TrialPhase, float | None]] = {
+        trial: (outcome.phase, outcome.objective) for trial, outcome in previous.outcomes.items()
+    }
+    for job in jobs:
+        if job.terminal and job.trial not in finished:
+            finished[job.trial] = (job.phase, None)
+    return finished
+
+
+# --- aggregation --------------------------------------------------------------------------------------------
+
+
+def _row(
+    trial: PlannedTrial,
+    job: ObservedJob | None,
+    recorded: TrialStatus | None,
+    outcome: TrialOutcome | None,
+    spec: LoraSweepSpec,
+) -> TrialStatus:
+    base = {
+        "id": trial.id,
+        "job": trial.job_name,
+        "group": trial.group,
+        "variant": trial.variant,
+        "seed": trial.seed,
+        "params": trial.training,
+    }
+    if outcome is not None:
+        # Recorded once, never rewritten: the Job and its pods may be gone.
+        if recorded is not None and recorded.phase == outcome.phase:
+            return recorded
+        return TrialStatus(**base, phase=outcome.phase, objective=outcome.objective)
+    if job is None:
+        return TrialStatus(**base, phase="Pending")
+    row = TrialStatus(**base, phase=job.phase, start_time=job.start_time, completion_time=job.completion_time)
+    if not job.terminal:
+        return row
+    summary = job.summary
+    if job.phase == "Succeeded":
+        metrics = dict(summary.metrics) if summary and summary.status == "Succeeded" else {}
+        objective = metrics.get(spec.objective.metric)
+        message = None if summary else "the trial left no termination message; its metrics are not known"
+        return row.model_copy(
+            update={
+                "objective": objective,
+                "metrics": metrics,
+                "best_epoch": summary.best_epoch if summary else None,
+                "metrics_uri": summary.metrics_uri if summary else None,
+                "message": message,
+            }
+        )
+    reason = job.reason
+    message = job.message
+    if summary is not None and summary.status == "Failed":
+        reason = summary.reason or reason
+        message = _clip(summary.message) or message
+    return row.model_copy(update={"reason": reason, "message": message})
+
+
+def _sort_key(row: TrialStatus, index: int, sign: float) -> tuple[int, float, int]:
+    if row.phase == "Succeeded" and row.objective is not None:
+        return (0, sign * row.objective, index)
+    order = {"Succeeded": 1, "Running": 2, "Failed": 3, "Pending": 4}
+    return (order[row.phase], 0.0, index)
+
+
+def _table(rows: list[tuple[int, TrialStatus]], sign: float) -> tuple[list[TrialStatus], bool]:
+    ranked = sorted(rows, key=lambda item: _sort_key(item[1], item[0], sign))
+    if len(ranked) <= FULL_TABLE_LIMIT:
+        return [row for _, row in ranked], False
+    kept: list[TrialStatus] = []
+    for phase in ("Succeeded", "Running", "Failed"):
+        kept.extend([row for _, row in ranked if row.phase == phase][:TOP_K])
+    return kept, True
+
+
+def _best(rows: Sequence[tuple[int, TrialStatus]], spec: LoraSweepSpec) -> BestTrial | None:
+    sign = -1.0 if spec.objective.resolved_goal == "maximize" else 1.0
+    candidates = [(i, r) for i, r in rows if r.phase == "Succeeded" and r.objective is not None]
+    if not candidates:
+        return None
+    _, row = min(candidates, key=lambda item: _sort_key(item[1], item[0], sign))
+    assert row.objective is not None
+    return BestTrial(
+        trial=row.id,
+        job=row.job,
+        group=row.group,
+        variant=row.variant,
+        seed=row.seed,
+        params=row.params,
+        metric=spec.objective.metric,
+        objective=row.objective,
+        metrics_uri=row.metrics_uri,
+        summary=f"{row.objective:.4g} {row.variant or row.id}",
+    )
+
+
+def set_condition(conditions: Sequence[Condition], new: Condition, now: str) -> list[Condition]:
+    """Replace the condition of `new.type`, keeping lastTransitionTime when the status did not change."""
+    kept = [c for c in conditions if c.type != new.type]
+    old = next((c for c in conditions if c.type == new.type), None)
+    since = old.last_transition_time if old is not None and old.status == new.status else now
+    return [*kept, new.model_copy(update={"last_transition_time": since})]
+
+
+def aggregate(
+    spec: LoraSweepSpec,
+    plan: Sequence[PlannedTrial],
+    jobs: Sequence[ObservedJob],
+    previous: LoraSweepStatus,
+    generation: int | None,
+    now: str,
+) -> Reconciled:
+    """The sweep's status after this pass (`jobs` already includes any Job created in it)."""
+    by_trial = {job.trial: job for job in jobs}
+    recorded = {row.id: row for row in previous.trials}
+    sign = -1.0 if spec.objective.resolved_goal == "maximize" else 1.0
+
+    rows: list[tuple[int, TrialStatus]] = []
+    outcomes: dict[str, TrialOutcome] = {}
+    events: list[Event] = []
+    for trial in plan:
+        outcome = previous.outcomes.get(trial.id)
+        row = _row(trial, by_trial.get(trial.id), recorded.get(trial.id), outcome, spec)
+        rows.append((trial.index, row))
+        if row.phase in TERMINAL_TRIAL_PHASES:
+            assert row.phase == "Succeeded" or row.phase == "Failed"
+            outcomes[trial.id] = outcome or TrialOutcome(phase=row.phase, objective=row.objective)
+            if outcome is None:
+                events.append(_trial_event(row, spec))
+    # Outcomes of trials no longer planned (spec.training edited) are kept: they happened.
+    for trial_id, outcome in previous.outcomes.items():
+        outcomes.setdefault(trial_id, outcome)
+
+    counts = TrialCounts(total=len(plan))
+    for _, row in rows:
+        setattr(counts, row.phase.lower(), getattr(counts, row.phase.lower()) + 1)
+    table, truncated = _table(rows, sign)
+    best = _best(rows, spec)
+    if best is not None and (previous.best is None or previous.best.trial != best.trial):
+        events.append(
+            Event(
+                "Normal",
+                "NewBest",
+                f"trial {best.trial} leads with {best.metric}={best.objective:.4g} ({best.variant})",
+            )
+        )
+
+    phase, reason, message = _phase(spec, counts)
+    conditions = set_condition(previous.conditions, Condition(type=SPEC_VALID, status="True", reason="Valid"), now)
+    conditions = set_condition(
+        conditions,
+        Condition(
+            type=SUSPENDED,
+            status="True" if spec.suspend and phase not in ("Succeeded", "Failed") else "False",
+            reason="SuspendedBySpec" if spec.suspend else "NotSuspended",
+        ),
+        now,
+    )
+    conditions = set_condition(
+        conditions,
+        Condition(type=COMPLETE, status="True" if phase == "Succeeded" else "False", reason=reason, message=message),
+        now,
+    )
+    conditions = set_condition(
+        conditions,
+        Condition(type=FAILED, status="True" if phase == "Failed" else "False", reason=reason, message=message),
+        now,
+    )
+    if phase != previous.phase and phase in ("Succeeded", "Failed"):
+        events.append(Event("Normal" if phase == "Succeeded" else "Warning", reason, message))
+
+    started = previous.start_time or (now if jobs or outcomes else None)
+    completion = previous.completion_time
+    if phase in ("Succeeded", "Failed") and counts.running == 0 and not any(not j.terminal for j in jobs):
+        completion = completion or now
+    else:
+        completion = None
+    status = LoraSweepStatus(
+        phase=phase,
+        message=message,
+        conditions=conditions,
+        observed_generation=generation,
+        counts=counts,
+        best=best,
+        trials=table,
+        trials_truncated=truncated,
+        outcomes=outcomes,
+        start_time=started,
+        completion_time=completion,
+        report_uri=previous.report_uri,
+    )
+    return Reconciled(status=status, events=events)
+
+
+def _phase(spec: LoraSweepSpec, counts: TrialCounts) -> tuple[SweepPhase, str, str]:
+    tally = f"{counts.total} trials: {counts.succeeded} succeeded, {counts.failed} failed"
+    if counts.failed > spec.max_failed_trials:
+        return (
+            "Failed",
+            "TooManyFailedTrials",
+            f"{tally}, more than maxFailedTrials={spec.max_failed_trials}; no new trials are launched",
+        )
+    if counts.succeeded + counts.failed == counts.total:
+        return "Succeeded", "AllTrialsFinished", tally
+    if spec.suspend:
+        return "Suspended", "SuspendedBySpec", f"{tally}, {counts.running} running; launching is paused (spec.suspend)"
+    detail = f"{tally}, {counts.running} running, {counts.pending} pending"
+    if counts.running or counts.succeeded or counts.failed:
+        return "Running", "TrialsRunning", detail
+    return "Pending", "TrialsPending", detail
+
+
+def _trial_event(row: TrialStatus, spec: LoraSweepSpec) -> Event:
+    if row.phase == "Succeeded":
+        objective = "unknown" if row.objective is None else f"{row.objective:.4g}"
+        return Event("Normal", "TrialSucceeded", f"trial {row.id} ({row.variant}) {spec.objective.metric}={objective}")
+    return Event(
+        "Warning", "TrialFailed", f"trial {row.id} ({row.variant}) failed: {row.reason}: {row.message or ''}".strip()
+    )
+
+
+def invalid(previous: LoraSweepStatus, problem: str, generation: int | None, now: str) -> LoraSweepStatus:
+    """The status of a sweep whose spec cannot run: phase Failed, SpecValid False with what to fix."""
+    condition = Condition(type=SPEC_VALID, status="False", reason="InvalidSpec", message=_clip(problem) or "")
+    failed = Condition(type=FAILED, status="True", reason="InvalidSpec", message=condition.message)
+    conditions = set_condition(set_condition(previous.conditions, condition, now), failed, now)
+    return previous.model_copy(
+        update={
+            "phase": "Failed",
+            "message": condition.message,
+            "conditions": conditions,
+            "observed_generation": generation,
+        }
+    )
+
+
+def waiting(previous: LoraSweepStatus, reason: str, problem: str, generation: int | None, now: str) -> LoraSweepStatus:
+    """Planning must wait (fromSweep's source is not finished): Pending with the reason."""
+    condition = Condition(type=SPEC_VALID, status="Unknown", reason=reason, message=_clip(problem) or "")
+    return previous.model_copy(
+        update={
+            "phase": "Pending",
+            "message": condition.message,
+            "conditions": set_condition(previous.conditions, condition, now),
+            "observed_generation": generation,
+        }
+    )
