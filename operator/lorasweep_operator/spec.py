@@ -92,6 +92,8 @@ class TrainingOverride(Contract):
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
     learning_rate: Annotated[float, Field(gt=0, le=1.0)] | None = None
     weight_decay: Annotated[float, Field(ge=0, le=1.0)] | None = None
+    scheduler: Literal["cosine", "constant"] | None = None
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     lora: LoraOverride | None = None
 
     def changes(self) -> dict[str, Any]:
