@@ -50,10 +50,10 @@ RUN --mount=from=uv,source=/uv,target=/usr/local/bin/uv \
     uv pip install --system --no-cache --no-deps . \
     && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
 USER 65532:65532
-# 8080: kopf's liveness endpoint (/healthz); 9100: Prometheus metrics (/metrics).
-EXPOSE 8080 9100
+# 8080: Prometheus metrics (/metrics); 8081: kopf's liveness endpoint (/healthz).
+EXPOSE 8080 8081
 ENTRYPOINT ["lorasweep", "operator"]
-CMD ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9100", "--all-namespaces"]
+CMD ["--metrics-port=8080", "--health-port=8081", "--all-namespaces"]
 
 FROM ${TRAINER_BASE} AS trainer
 ARG TORCH_VERSION=2.9.1

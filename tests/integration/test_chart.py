@@ -131,14 +131,13 @@ def test_operator_deployment(render: Render) -> None:
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": 9100, "healthz": 8080}
+    assert ports == {"metrics": 8080, "healthz": 8081}
     # The probes call kopf's liveness endpoint, at the port and path the operator is told to serve it on.
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
-    assert "--metrics-port=9100" in container["args"]
     args = cli.build_parser().parse_args([*container["command"][1:], *container["args"]])
     assert args.command == "operator"
+    assert (args.metrics_port, args.health_port, args.all_namespaces) == (8080, 8081, True)
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     # Pod Security "restricted", field by field (the API server check is in test_chart_cluster.py).
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -149,7 +148,7 @@ def test_operator_deployment(render: Render) -> None:
     service = the(objects, "Service")
     assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
-    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
 
 
 def test_cluster_mode_uses_one_cluster_role(render: Render) -> None:

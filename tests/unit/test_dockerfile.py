@@ -149,10 +149,9 @@ def test_operator_entrypoint_parses_with_the_real_cli(dockerfile: tuple[dict[str
     assert entrypoint == ["lorasweep", "operator"]
     args = cli.build_parser().parse_args([*entrypoint[1:], *command])
     assert args.command == "operator"
-    liveness = [arg for arg in command if arg.startswith("--liveness=")]
-    assert liveness == ["--liveness=http://0.0.0.0:8080/healthz"]
+    # The exposed ports are the ones the operator is told to serve metrics and kopf's /healthz on.
     exposed = {int(port) for port in stage.last("EXPOSE").split()}
-    assert exposed == {8080, 9100}
+    assert exposed == {args.metrics_port, args.health_port}
 
 
 def test_trainer_entrypoint_is_the_console_script(dockerfile: tuple[dict[str, str], dict[str, Stage]]) -> None:

@@ -62,13 +62,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The permissions the operator uses, and no others. They are the rules of deploy/rbac/role.yaml
-(tests/integration/test_chart_rbac.py holds the two equal and checks each verb against the code):
-  lorasweeps         watch the sweeps; patch adds and removes kopf's finalizer and progress annotations
-  lorasweeps/status  the status the operator rebuilds on every pass
-  jobs               one Job per trial: create, watch them, delete the unstarted ones of a deleted sweep
-  pods               read the finished trial's termination message (its results)
-  events             kopf reports handler outcomes as Events on the sweep
+The permissions the operator uses, and no others: the calls in operator/lorasweep_operator/kube.py plus
+what kopf itself does (tests/integration/test_chart_rbac.py derives the same list from the code and
+holds it equal to this one and to deploy/rbac/):
+  lorasweeps         get (kube.get_sweep), list and watch (kopf's watch), patch (kopf's progress
+                     annotations and finalizer)
+  lorasweeps/status  patch (kube.patch_status: the status rebuilt on every pass)
+  jobs               create (kube.create_job), list (kube.list_jobs), watch (kopf's Job event handler)
+  pods               list (kube.list_pods: finished trials' termination messages)
+  events             create (kube.emit_event and kopf's own handler events)
 */}}
 {{- define "lorasweep.operatorRules" -}}
 - apiGroups: ["lorasweep.dev"]
@@ -76,14 +78,14 @@ The permissions the operator uses, and no others. They are the rules of deploy/r
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["lorasweep.dev"]
   resources: ["lorasweeps/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["list"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
