@@ -1,0 +1,66 @@
+"""`lorasweep operator`: run the LoraSweep controller (kopf underneath).
+
+Serves Prometheus metrics on ``--metrics-port`` (``/metrics``, see `lorasweep_operator.telemetry`) and kopf's
+liveness probe on ``--health-port`` (``/healthz``). Credentials: the pod's ServiceAccount in a cluster, else
+$KUBECONFIG. Watches the given namespaces (a Role per namespace is enough) or, with --all-namespaces, the
+whole cluster (needs the ClusterRole binding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_PORT = 8080
+DEFAULT_HEALTH_PORT = 8081
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus /metrics port (0 turns it off)"
+    )
+    parser.add_argument(
+        "--health-port", type=int, default=DEFAULT_HEALTH_PORT, help="liveness endpoint /healthz port (0 turns it off)"
+    )
+    parser.add_argument(
+        "--write-reports",
+        action="store_true",
+        help="write each finished sweep's report to its storage.output (the operator then needs S3 access)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from lorasweep_operator import handlers, telemetry
+
+    handlers.SETTINGS.write_reports = bool(args.write_reports)
+    clusterwide = bool(args.all_namespaces or not args.namespace)
+    if args.metrics_port:
+        telemetry.serve(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    log.info(
+        "operator starting namespaces=%s metrics_port=%s health_port=%s",
+        "*" if clusterwide else ",".join(args.namespace),
+        args.metrics_port,
+        args.health_port,
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=clusterwide,
+        namespaces=[] if clusterwide else list(args.namespace),
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,397 @@
+"""kopf handlers: thin adapters from events to one reconcile pass.
+
+Every trigger (a sweep created, resumed or edited; a trial Job changing phase; a timer) runs the same
+level-triggered pass for that sweep: read the sweep and its Jobs, plan (pure), launch what is missing
+(idempotent: deterministic Job names, 409 means done), aggregate the status (pure), write it when it
+changed. Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
+
+`write_report` is the hook the report writer plugs into; it runs once when a sweep finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from lorasweep_operator import planning, rendering, telemetry
+from lorasweep_operator import status as statuses
+from lorasweep_operator.kube import ApiError, Kube, now
+from lorasweep_operator.spec import (
+    GROUP,
+    KIND,
+    PLURAL,
+    TERMINAL_SWEEP_PHASES,
+    VERSION,
+    LoraSweepSpec,
+    LoraSweepStatus,
+    SpecError,
+    SweepManifest,
+    TrialStatus,
+    parse_spec,
+)
+from lorasweep_trainer.config import sweep_output
+
+log = logging.getLogger(__name__)
+
+TIMER_INTERVAL = 60.0
+SOURCE_RETRY_DELAY = 30.0
+ANNOTATION_PREFIX = "lorasweep.dev"
+
+
+@dataclass
+class Settings:
+    """What `lorasweep operator` decides at start-up."""
+
+    kube: Kube | None = None
+    write_reports: bool = False
+
+
+SETTINGS = Settings()
+
+
+class Coalescer:
+    """One pass per key at a time; triggers arriving while a pass waits to start ride along with it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._queued: set[tuple[str, str]] = set()
+
+    def run(self, key: tuple[str, str], work: Callable[[], None]) -> bool:
+        with self._guard:
+            if key in self._queued:
+                return False  # the queued pass starts later and reads fresh state
+            self._queued.add(key)
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                self._queued.discard(key)
+            work()
+        return True
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+
+
+COALESCER = Coalescer()
+# Job uid -> the trial phase last seen; only a phase change (or a deletion) needs a pass.
+_job_phases: dict[str, str] = {}
+_reported: set[str] = set()
+
+
+class Invalid(Exception):
+    """The sweep cannot run as written (already recorded in its status)."""
+
+
+class Waiting(Exception):
+    """The sweep waits for something outside it (the fromSweep source)."""
+
+
+def _kube() -> Kube:
+    if SETTINGS.kube is None:
+        SETTINGS.kube = Kube.from_environment()
+    return SETTINGS.kube
+
+
+# --- kopf wiring --------------------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Progress in annotations, not status.kopf: the CRD's structural schema would prune it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    # No cluster-wide CRD or namespace listing: RBAC stays to what deploy/rbac grants.
+    settings.scanning.disabled = True
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 8
+    _kube()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def sweep_created(namespace: str | None, name: str, **_: Any) -> None:
+    _sweep_pass(str(namespace), name, "create")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+def sweep_resumed(namespace: str | None, name: str, **_: Any) -> None:
+    _sweep_pass(str(namespace), name, "resume")
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def sweep_updated(namespace: str | None, name: str, **_: Any) -> None:
+    _sweep_pass(str(namespace), name, "update")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
+def sweep_timer(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+    current = body.get("status") or {}
+    finished = current.get("phase") in TERMINAL_SWEEP_PHASES and current.get("completionTime")
+    if finished and current.get("observedGeneration") == body.get("metadata", {}).get("generation"):
+        return  # nothing left to watch; a spec edit or Job event wakes it again
+    reconcile(str(namespace), name, "timer")
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def sweep_deleted(namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    # optional=True: no finalizer; the garbage collector deletes the Jobs through their owner references.
+    telemetry.forget_sweep(str(namespace), name)
+    COALESCER.forget((str(namespace), name))
+    _reported.discard(uid)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={rendering.SWEEP_LABEL: kopf.PRESENT})
+def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's keyword
+    owner = next(
+        (ref for ref in body.get("metadata", {}).get("ownerReferences") or [] if ref.get("kind") == KIND),
+        None,
+    )
+    if owner is None:
+        return
+    uid = str(body.get("metadata", {}).get("uid"))
+    phase = statuses.observe_job(body).phase
+    if type == "DELETED":
+        _job_phases.pop(uid, None)
+    elif _job_phases.get(uid) == phase:
+        return
+    else:
+        _job_phases[uid] = phase
+    reconcile(str(body.get("metadata", {}).get("namespace")), str(owner["name"]), "job")
+
+
+def _sweep_pass(namespace: str, name: str, trigger: str) -> None:
+    """For the sweep's own handlers: kopf retries TemporaryError and records PermanentError."""
+    try:
+        reconcile(namespace, name, trigger, raise_errors=True)
+    except Invalid as error:
+        raise kopf.PermanentError(str(error)) from None
+    except Waiting as error:
+        raise kopf.TemporaryError(str(error), delay=SOURCE_RETRY_DELAY) from None
+    except ApiError as error:
+        raise kopf.TemporaryError(f"{error}; retrying", delay=10 if error.transient else 60) from None
+
+
+# --- the pass -----------------------------------------------------------------------------------------------
+
+
+def reconcile(namespace: str, name: str, trigger: str, raise_errors: bool = False) -> None:
+    """Run one pass for the sweep (or join the one already queued)."""
+    outcome: list[BaseException] = []
+
+    def work() -> None:
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            run_pass(_kube(), namespace, name)
+        except Invalid as error:
+            result = "invalid"
+            outcome.append(error)
+        except Waiting as error:
+            result = "waiting"
+            outcome.append(error)
+        except ApiError as error:
+            result = "error"
+            log.warning("reconcile failed namespace=%s sweep=%s trigger=%s error=%s", namespace, name, trigger, error)
+            outcome.append(error)
+        finally:
+            telemetry.RECONCILE_DURATION.labels(trigger=trigger).observe(time.perf_counter() - started)
+            telemetry.RECONCILES.labels(trigger=trigger, result=result).inc()
+
+    COALESCER.run((namespace, name), work)
+    if raise_errors and outcome:
+        raise outcome[0]
+
+
+def _previous_status(body: Mapping[str, Any]) -> LoraSweepStatus:
+    try:
+        return LoraSweepStatus.model_validate(body.get("status") or {})
+    except ValidationError as error:
+        # A hand-edited or foreign status: rebuild from the Jobs rather than stop.
+        log.warning("status unreadable, rebuilding sweep=%s error=%s", body.get("metadata", {}).get("name"), error)
+        return LoraSweepStatus()
+
+
+def _owned(job: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in job.get("metadata", {}).get("ownerReferences") or [])
+
+
+@dataclass
+class Pass:
+    """One pass's inputs, read from the API."""
+
+    body: dict[str, Any]
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None
+    previous: LoraSweepStatus
+    events: list[statuses.Event] = field(default_factory=list)
+
+
+def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
+    body = kube.get_sweep(namespace, name)
+    if body is None:
+        return None  # deleted meanwhile
+    metadata = body.get("metadata") or {}
+    current = Pass(
+        body=body,
+        namespace=namespace,
+        name=name,
+        uid=str(metadata.get("uid")),
+        generation=metadata.get("generation"),
+        previous=_previous_status(body),
+    )
+    try:
+        spec = parse_spec(body.get("spec") or {})
+        plan = planning.plan(spec, name, _source_trials(kube, current, spec))
+    except SpecError as error:
+        _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now()))
+        if current.previous.observed_generation != current.generation:
+            kube.emit_event(body, "Warning", "InvalidSpec", str(error))
+        log.warning("invalid sweep namespace=%s sweep=%s problem=%s", namespace, name, error)
+        raise Invalid(str(error)) from None
+
+    jobs = [
+        statuses.observe_job(job)
+        for job in kube.list_jobs(namespace, rendering.sweep_selector(name))
+        if _owned(job, current.uid)
+    ]
+    if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
+        pods = kube.list_pods(namespace, rendering.sweep_selector(name))
+        jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods))
+
+    launched = []
+    for trial in statuses.launches(spec, plan, jobs, current.previous):
+        if kube.create_job(rendering.render_job(spec, namespace, name, current.uid, trial)):
+            telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
+            launched.append(trial)
+        jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending"))
+    if launched:
+        log.info("trial jobs created namespace=%s sweep=%s count=%d", namespace, name, len(launched))
+        current.events.append(
+            statuses.Event(
+                "Normal",
+                "TrialsLaunched",
+                f"created {len(launched)} trial Jobs: "
+                + ", ".join(t.job_name for t in launched[:10])
+                + (" ..." if len(launched) > 10 else ""),
+            )
+        )
+
+    result = statuses.aggregate(spec, plan, jobs, current.previous, current.generation, now())
+    new = result.status
+    current.events.extend(result.events)
+    if (
+        new.phase in TERMINAL_SWEEP_PHASES
+        and new.completion_time
+        and not new.report_uri
+        and current.uid not in _reported
+    ):
+        _reported.add(current.uid)
+        manifest = SweepManifest(
+            name=name, namespace=namespace, spec=spec, generation=current.generation, uid=current.uid
+        )
+        uri = _report(kube, body, manifest, new)
+        if uri:
+            new = new.model_copy(update={"report_uri": uri})
+    written = _write(kube, current, new)
+    for event in current.events:
+        kube.emit_event(body, event.type, event.reason, event.message)
+    telemetry.record_sweep(
+        namespace,
+        name,
+        new.phase,
+        {
+            "Pending": new.counts.pending,
+            "Running": new.counts.running,
+            "Succeeded": new.counts.succeeded,
+            "Failed": new.counts.failed,
+        },
+        spec.objective.metric,
+        new.best.objective if new.best else None,
+        written,
+    )
+    return new
+
+
+def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[TrialStatus]:
+    """The fromSweep source's trial table, best first; `Waiting` until that sweep has finished."""
+    source = spec.search.from_sweep
+    if source is None:
+        return []
+    body = kube.get_sweep(current.namespace, source.name)
+    phase = ((body or {}).get("status") or {}).get("phase")
+    if body is None or phase not in TERMINAL_SWEEP_PHASES:
+        problem = (
+            f"search.fromSweep: sweep {source.name!r} not found in namespace {current.namespace}"
+            if body is None
+            else f"search.fromSweep: waiting for sweep {source.name!r} to finish (phase {phase or 'Pending'})"
+        )
+        if current.previous.phase in TERMINAL_SWEEP_PHASES:
+            raise Waiting(problem)  # finished long ago; its source may be gone: keep the status as it is
+        _write(
+            kube, current, statuses.waiting(current.previous, "WaitingForSource", problem, current.generation, now())
+        )
+        raise Waiting(problem)
+    return _previous_status(body).trials
+
+
+def _write(kube: Kube, current: Pass, new: LoraSweepStatus) -> int:
+    """Patch the status when it changed; returns its size in bytes."""
+    patch = new.to_patch()
+    size = len(json.dumps(patch, separators=(",", ":")))
+    if patch != current.previous.to_patch():
+        kube.patch_status(current.namespace, current.name, patch)
+    return size
+
+
+def _report(kube: Kube, body: Mapping[str, Any], manifest: SweepManifest, status: LoraSweepStatus) -> str | None:
+    try:
+        uri = write_report(manifest, status)
+    except Exception as error:  # a report failure must never fail the sweep
+        log.warning("report failed namespace=%s sweep=%s error=%s", manifest.namespace, manifest.name, error)
+        kube.emit_event(body, "Warning", "ReportFailed", f"the sweep report could not be written: {error}")
+        return None
+    if uri:
+        kube.emit_event(body, "Normal", "ReportWritten", f"report at {uri}")
+    return uri
+
+
+def write_report(manifest: SweepManifest, status: LoraSweepStatus) -> str | None:
+    """THE REPORT HOOK: called once when a sweep reaches Succeeded or Failed with no trial running.
+
+    Returns the URI of report.md (recorded as status.reportUri) or None when no report is written here.
+    The operator writes it itself only when started with `--write-reports` (its pod then needs read/write
+    access to spec.storage.output); otherwise this returns None and a report Job can take over.
+    """
+    if not SETTINGS.write_reports:
+        return None
+    from lorasweep_operator.report import publish_sweep_report
+
+    root = sweep_output(manifest.spec.storage.output, manifest.namespace, manifest.name)
+    failed = {
+        row.id: f"{row.reason or 'Failed'}: {row.message or ''}".strip()
+        for row in status.trials
+        if row.phase == "Failed"
+    }
+    return publish_sweep_report(
+        f"{root}trials/",
+        f"{root}report/",
+        manifest.spec.objective.metric,
+        manifest.spec.objective.resolved_goal,
+        sweep=manifest.name,
+        failed=failed,
+        trials=list(status.outcomes),
+    )
