@@ -169,7 +169,18 @@ def build(names: list[str]) -> None:
             _run_go(["mod", "tidy"], module)
             commands = [KUBERNETES_COMMANDS[n] for n in kube_names if n in KUBERNETES_COMMANDS]
             if commands:
-                _run_go(["build", "-trimpath", "-ldflags", _version_ldflags(KUBERNETES_VERSION), "-o", str(staging) + "/", *commands], module)
+                _run_go(
+                    [
+                        "build",
+                        "-trimpath",
+                        "-ldflags",
+                        _version_ldflags(KUBERNETES_VERSION),
+                        "-o",
+                        str(staging) + "/",
+                        *commands,
+                    ],
+                    module,
+                )
             if "etcd" in kube_names:
                 _run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / "etcd"), ETCD_PACKAGE], module)
         if "helm" in names:

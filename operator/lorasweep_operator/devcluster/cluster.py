@@ -580,7 +580,8 @@ def teardown(state_dir: Path, remove: bool = True) -> list[int]:
         # Pods the agent could not stop (it was killed, or stopped before them).
         stopped += stop_processes(pod_process_records(state_dir), grace=5)
         others = [state.processes[n] for n in reversed(COMPONENTS) if n in state.processes and n != "node-agent"]
-        stopped += stop_processes(others)
+        # A throwaway control plane: no point waiting long for graceful shutdown (the API server may take 60s).
+        stopped += stop_processes(others, grace=3)
     else:
         stopped += stop_processes(pod_process_records(state_dir), grace=5)
     if remove:

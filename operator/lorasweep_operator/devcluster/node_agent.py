@@ -65,6 +65,7 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10
 ENV_RETRY_SECONDS = 2.0
+API_RETRY_SECONDS = 0.3
 MAX_RESTART_BACKOFF = 30.0
 # A token is renewed when this share of its lifetime has passed, as the kubelet does.
 TOKEN_RENEW_FRACTION = 0.8
@@ -526,6 +527,8 @@ class Agent:
         return path
 
     def start(self, run: PodRun, container: podlib.ContainerRun) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         spec = run.spec_of(container.name)
         namespace = run.pod["metadata"]["namespace"]
         try:
@@ -534,12 +537,15 @@ class Agent:
             )
             kubeconfig = self.service_account_kubeconfig(run)
         except podlib.EnvError as e:
-            container.state, container.waiting_reason, container.waiting_message = (
-                "waiting",
-                "CreateContainerConfigError",
-                str(e),
-            )
+            container.waiting_reason, container.waiting_message = "CreateContainerConfigError", str(e)
             run.restart_at[container.name] = time.monotonic() + ENV_RETRY_SECONDS
+            return
+        except ApiException as e:
+            # Typically the Node authorizer's graph has not yet linked a just-bound pod to its Secrets or
+            # ServiceAccount (403 "no relationship found"); it catches up within moments.
+            container.waiting_reason, container.waiting_message = "ContainerCreating", f"{e.status} {e.reason}"
+            log.info("container config not readable yet, retrying pod=%s status=%s", run.key, e.status)
+            run.restart_at[container.name] = time.monotonic() + API_RETRY_SECONDS
             return
         env = {**self.base_env(run), **own}
         termination = run.termination_path(container.name)
