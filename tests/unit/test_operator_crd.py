@@ -75,8 +75,8 @@ def compare(model: type[BaseModel], schema: dict[str, Any], where: str, problems
                 problems.append(f"{where}.{alias}: CRD default {node['default']!r} but pydantic has none")
             continue
         if nested is not None and isinstance(default, dict):
-            if node.get("default") != {}:
-                problems.append(f"{where}.{alias}: an object with defaults needs `default: {{}}` in the CRD")
+            if node.get("default") not in ({}, default):
+                problems.append(f"{where}.{alias}: an object with defaults needs `default: {{}}` (or its defaults)")
             continue
         if node.get("default") != default:
             problems.append(f"{where}.{alias}: CRD default {node.get('default')!r} != pydantic {default!r}")
