@@ -1,0 +1,406 @@
+"""`lorasweep run SWEEP.yaml`: the operator's sweep without Kubernetes.
+
+Same planning as the operator; each trial is a local ``lorasweep-trainer train`` process given its
+``LORASWEEP_TRIAL``, up to ``--parallel`` at once. Results land where a cluster run puts them
+(``<out>/trials/<trial>/``), then the report in ``<out>/report/``.
+
+Resuming is by construction: a trial whose metrics.json exists is finished (the trainer writes it last),
+so a re-run skips it. Ctrl-C stops every trial (SIGTERM, then SIGKILL after a grace period); the stopped
+trials left no metrics.json and run again next time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, TYPE_CHECKING, TextIO
+
+from lorasweep_operator.local.progress import State, TrialProgress, event, last_epoch, render
+
+if TYPE_CHECKING:
+    from lorasweep_operator.planning import PlannedTrial
+    from lorasweep_operator.spec import SweepManifest
+    from lorasweep_trainer.config import TrialConfig
+
+EXIT_OK = 0
+EXIT_TRIALS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+STOP_GRACE_SECONDS = 20.0
+POLL_SECONDS = 0.5
+LOCAL_STATE = Path("runs")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="a LoraSweep manifest, as for kubectl apply")
+    parser.add_argument(
+        "-p",
+        "--parallel",
+        type=int,
+        default=None,
+        help="trials at once (default: the sweep's spec.parallelism; with CUDA_VISIBLE_DEVICES listing GPUs, "
+        "one GPU per trial and at most that many)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", help="folder or s3:// prefix for trials and report (default: runs/<sweep>)")
+    where.add_argument(
+        "--to-storage",
+        action="store_true",
+        help="write under the sweep's spec.storage.output/<namespace>/<sweep>/, as the operator does",
+    )
+    parser.add_argument("-n", "--namespace", default=None, help="namespace recorded in results (default: the file's)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="trial device (default: auto)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorasweep_operator.planning import plan
+    from lorasweep_operator.spec import SpecError, load_sweep_file
+    from lorasweep_trainer.config import sweep_output
+
+    try:
+        manifest = load_sweep_file(args.sweep_file, default_namespace=args.namespace or "default")
+        if args.namespace:
+            manifest = manifest.model_copy(update={"namespace": args.namespace})
+        if manifest.spec.search.from_sweep is not None:
+            raise SpecError(
+                "search.fromSweep reads a finished sweep's status from the cluster; locally, list the "
+                "configurations under search.list instead"
+            )
+        trials = plan(manifest.spec, manifest.name)
+    except (SpecError, OSError) as error:
+        print(f"lorasweep run: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.parallel is not None and args.parallel < 1:
+        print("lorasweep run: --parallel must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    if args.to_storage:
+        results = sweep_output(manifest.spec.storage.output, manifest.namespace, manifest.name)
+    else:
+        results = args.out or str(LOCAL_STATE / manifest.name)
+    local = Path(results) if not results.startswith("s3://") else LOCAL_STATE / manifest.name
+    gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), args.device)
+    parallel = args.parallel or manifest.spec.parallelism
+    if gpus:
+        parallel = min(parallel, len(gpus))
+    options = RunOptions(
+        results=results if results.startswith("s3://") else str(Path(results).resolve()),
+        state=local.resolve(),
+        parallel=parallel,
+        device=args.device,
+        gpus=gpus,
+    )
+    return LocalSweep(manifest, trials, options).run()
+
+
+def visible_gpus(value: str | None, device: str) -> list[str]:
+    """GPUs to hand out one per trial: those CUDA_VISIBLE_DEVICES lists, unless trials run on the CPU."""
+    if device == "cpu" or not value:
+        return []
+    return [gpu.strip() for gpu in value.split(",") if gpu.strip() and gpu.strip() != "-1"]
+
+
+def trainer_command(subcommand: str = "train") -> list[str]:
+    """``lorasweep-trainer SUBCOMMAND`` from this environment (next to this Python), not whatever PATH finds first."""
+    script = Path(sys.executable).with_name("lorasweep-trainer")
+    if script.exists():
+        return [str(script), subcommand]
+    return [sys.executable, "-m", "lorasweep_trainer.cli", subcommand]
+
+
+def metrics_exist(uri: str) -> bool:
+    from lorasweep_trainer import storage
+
+    if not storage.is_s3(uri):
+        return Path(uri).is_file()
+    from botocore.exceptions import ClientError
+
+    bucket, key = storage.split_s3(uri)
+    try:
+        storage.s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    results: str = field(metadata={"doc": "folder or s3:// prefix: trials/<trial>/ and report/ go under it"})
+    state: Path = field(metadata={"doc": "local folder for the trainers' logs and scratch space"})
+    parallel: int = 1
+    device: str = "auto"
+    gpus: Sequence[str] = ()
+    command: Sequence[str] = field(default_factory=trainer_command)
+
+
+@dataclass
+class Running:
+    progress: TrialProgress
+    process: subprocess.Popen[bytes]
+    folder: Path
+    log: IO[bytes]
+    gpu: str | None
+
+
+class LocalSweep:
+    def __init__(
+        self, manifest: SweepManifest, trials: Sequence[PlannedTrial], options: RunOptions, out: TextIO | None = None
+    ) -> None:
+        from lorasweep_operator.planning import trial_config
+        from lorasweep_trainer import storage
+
+        self.manifest = manifest
+        self.options = options
+        self.out = out or sys.stdout
+        self.interactive = self.out.isatty()
+        self.stopping = 0
+        self.configs: dict[str, TrialConfig] = {}
+        self.progress: list[TrialProgress] = []
+        for trial in trials:
+            config = trial_config(manifest.spec, manifest.namespace, manifest.name, trial)
+            # Local trials share one machine: no fixed metrics port to collide on, the device the user chose.
+            self.configs[trial.id] = config.model_copy(
+                update={
+                    "output": storage.join(options.results, f"trials/{trial.id}/"),
+                    "device": options.device,
+                    "metrics_port": 0,
+                }
+            )
+            label = "baseline" if trial.group == "baseline" else f"{trial.group}: {trial.variant}"
+            self.progress.append(TrialProgress(trial=trial.id, label=label, epochs=trial.training.epochs))
+        self.running: dict[str, Running] = {}
+        self.failures: dict[str, str] = {}
+        self.free_gpus = list(options.gpus)
+        self.drawn = 0
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        name = self.manifest.name
+        for t in self.progress:
+            if metrics_exist(self.metrics_uri(t.trial)):
+                t.state = State.DONE_BEFORE
+        done = sum(t.state is State.DONE_BEFORE for t in self.progress)
+        self.say(
+            f"sweep {name}: {len(self.progress)} trials, {done} finished before (skipped), "
+            f"{self.options.parallel} at a time; results in {self.options.results}"
+        )
+        previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self.stopping and (self.pending() or self.running):
+                self.launch()
+                self.poll()
+                self.draw()
+                time.sleep(POLL_SECONDS)
+        finally:
+            if self.running:
+                self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.clear()
+        if self.stopping:
+            left = sum(t.state is State.PENDING for t in self.progress)
+            self.say(
+                f"interrupted: finished trials are kept; {left} trials will run on the next "
+                f"`lorasweep run {self.manifest.name}` (re-run the same command)"
+            )
+            return EXIT_INTERRUPTED
+        return self.finish()
+
+    def pending(self) -> list[TrialProgress]:
+        if self.too_many_failures():
+            return []
+        return [t for t in self.progress if t.state is State.PENDING]
+
+    def too_many_failures(self) -> bool:
+        return len(self.failures) > self.manifest.spec.max_failed_trials
+
+    def metrics_uri(self, trial: str) -> str:
+        from lorasweep_trainer import storage
+        from lorasweep_trainer.results import METRICS_FILE
+
+        return storage.join(self.configs[trial].output, METRICS_FILE)
+
+    def launch(self) -> None:
+        from lorasweep_trainer.config import TERMINATION_LOG_ENV, TRIAL_ENV
+
+        for t in self.pending()[: max(0, self.options.parallel - len(self.running))]:
+            folder = self.options.state / "trials" / t.trial
+            scratch = folder / "tmp"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            (folder / "termination.json").unlink(missing_ok=True)
+            env = dict(os.environ)
+            env[TRIAL_ENV] = self.configs[t.trial].model_dump_json(by_alias=True)
+            env[TERMINATION_LOG_ENV] = str(folder / "termination.json")
+            # The trainer keeps its event log in a scratch folder from tempfile; pointing TMPDIR here lets us read it.
+            env["TMPDIR"] = str(scratch)
+            # Parallel CPU trials would each start one thread per core and fight over them.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.options.parallel)))
+            gpu = self.free_gpus.pop(0) if self.free_gpus else None
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            log = (folder / "trainer.log").open("ab")
+            process = subprocess.Popen(
+                list(self.options.command),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the trials in order
+            )
+            t.state, t.started, t.epoch, t.val_accuracy = State.RUNNING, time.monotonic(), 0, None
+            self.running[t.trial] = Running(progress=t, process=process, folder=folder, log=log, gpu=gpu)
+            self.note(event(t, time.monotonic()))
+
+    def poll(self) -> None:
+        for trial, r in list(self.running.items()):
+            self.read_progress(r)
+            code = r.process.poll()
+            if code is None:
+                continue
+            self.release(r)
+            t = r.progress
+            t.finished = time.monotonic()
+            if code == 0 and metrics_exist(self.metrics_uri(trial)):
+                t.state = State.SUCCEEDED
+            else:
+                t.state = State.FAILED
+                t.reason = self.failure_reason(r, code)
+                self.failures[trial] = t.reason
+            self.note(event(t, time.monotonic()))
+
+    def read_progress(self, r: Running) -> None:
+        logs = sorted((r.folder / "tmp").glob("*/train.jsonl"))
+        latest = last_epoch(logs[-1]) if logs else None
+        if latest is not None and latest.epoch != r.progress.epoch:
+            r.progress.epoch, r.progress.val_accuracy, r.progress.train_loss = (
+                latest.epoch,
+                latest.val_accuracy,
+                latest.train_loss,
+            )
+            if not self.interactive:
+                accuracy = f" val_acc={latest.val_accuracy:.4f}" if latest.val_accuracy is not None else ""
+                self.note(f"trial {r.progress.trial} epoch {latest.epoch}/{r.progress.epochs}{accuracy}")
+
+    def failure_reason(self, r: Running, code: int) -> str:
+        from lorasweep_trainer.results import TerminationSummary
+
+        why = {2: "invalid trial configuration", 3: "dataset unusable"}.get(code, f"exit code {code}")
+        try:
+            summary = TerminationSummary.decode((r.folder / "termination.json").read_text())
+            if summary.status == "Failed" and summary.message:
+                return f"{why}: {summary.message}"
+        except (OSError, ValueError):
+            pass
+        tail = [line for line in (r.folder / "trainer.log").read_text(errors="replace").splitlines() if line.strip()]
+        last = f": {tail[-1].strip()[:300]}" if tail else ""
+        return f"{why}{last} (log: {r.folder / 'trainer.log'})"
+
+    def release(self, r: Running) -> None:
+        r.log.close()
+        shutil.rmtree(r.folder / "tmp", ignore_errors=True)
+        if r.gpu is not None:
+            self.free_gpus.append(r.gpu)
+        del self.running[r.progress.trial]
+
+    # --- stopping ---------------------------------------------------------------------------------------
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping += 1
+        if self.stopping > 1:
+            for r in self.running.values():
+                _signal_group(r.process, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        """SIGTERM every trial's process group, SIGKILL what is left after the grace period."""
+        self.clear()
+        self.say(f"stopping {len(self.running)} running trials")
+        for r in self.running.values():
+            _signal_group(r.process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for r in list(self.running.values()):
+            try:
+                r.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(r.process, signal.SIGKILL)
+                r.process.wait()
+            # A trial that finished publishing before the signal keeps its result; the rest run again.
+            finished = r.process.returncode == 0 and metrics_exist(self.metrics_uri(r.progress.trial))
+            r.progress.state = State.SUCCEEDED if finished else State.PENDING
+            self.release(r)
+
+    # --- the end ----------------------------------------------------------------------------------------
+
+    def finish(self) -> int:
+        from lorasweep_operator.report import publish_sweep_report
+        from lorasweep_trainer import storage
+
+        succeeded = sum(t.state in (State.SUCCEEDED, State.DONE_BEFORE) for t in self.progress)
+        self.say(f"sweep {self.manifest.name}: {succeeded} succeeded, {len(self.failures)} failed")
+        if self.too_many_failures():
+            skipped = sum(t.state is State.PENDING for t in self.progress)
+            self.say(
+                f"stopped launching after {len(self.failures)} failures (maxFailedTrials="
+                f"{self.manifest.spec.max_failed_trials}); {skipped} trials not run"
+            )
+        for trial, reason in self.failures.items():
+            self.say(f"  failed {trial}: {reason}")
+        if not succeeded:
+            self.say("no trial succeeded, so there is no report")
+            return EXIT_TRIALS_FAILED
+        objective = self.manifest.spec.objective
+        uri = publish_sweep_report(
+            storage.join(self.options.results, "trials/"),
+            storage.join(self.options.results, "report/"),
+            objective.metric,
+            objective.resolved_goal,
+            sweep=self.manifest.name,
+            failed=self.failures,
+            trials=[t.trial for t in self.progress],
+        )
+        self.say(f"report: {uri}")
+        return EXIT_TRIALS_FAILED if self.failures else EXIT_OK
+
+    # --- the terminal -----------------------------------------------------------------------------------
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def note(self, line: str) -> None:
+        """A line that stays: above the live block on a terminal, as is elsewhere."""
+        self.clear()
+        self.say(line)
+
+    def draw(self) -> None:
+        if not self.interactive:
+            return
+        self.clear()
+        lines = render(self.manifest.name, self.progress, time.monotonic())
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self.drawn = len(lines)
+
+    def clear(self) -> None:
+        if self.interactive and self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
