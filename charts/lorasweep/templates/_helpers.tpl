@@ -68,6 +68,8 @@ holds it equal to this one and to deploy/rbac/):
   lorasweeps         get (kube.get_sweep), list and watch (kopf's watch), patch (kopf's progress
                      annotations and finalizer)
   lorasweeps/status  patch (kube.patch_status: the status rebuilt on every pass)
+  lorasweeps/finalizers  update: trial Jobs' ownerReferences set blockOwnerDeletion, which clusters with
+                     OwnerReferencesPermissionEnforcement allow only to those who may update the owner's finalizers
   jobs               create (kube.create_job), list (kube.list_jobs), watch (kopf's Job event handler)
   pods               list (kube.list_pods: finished trials' termination messages)
   events             create (kube.emit_event and kopf's own handler events)
@@ -79,6 +81,9 @@ holds it equal to this one and to deploy/rbac/):
 - apiGroups: ["lorasweep.dev"]
   resources: ["lorasweeps/status"]
   verbs: ["patch"]
+- apiGroups: ["lorasweep.dev"]
+  resources: ["lorasweeps/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create"]
