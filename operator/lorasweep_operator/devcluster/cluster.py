@@ -496,6 +496,7 @@ class _Starter:
                         f"{component} exited while waiting for {what}; log {record.log}, last lines:\n{tail}",
                     )
             if probe():
+                log.debug("ready what=%s seconds=%.2f", what, time.time() - self.state.started_at)
                 return
             if time.monotonic() > self.deadline:
                 waited = self.state.processes.get(name)
