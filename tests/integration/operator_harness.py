@@ -1,0 +1,212 @@
+"""What the operator's integration tests share: the CRD and RBAC installed from deploy/, the operator as a
+subprocess (`lorasweep operator --namespace NS`) holding a token of the deploy/rbac ServiceAccount, a
+stand-in trial command, and small readers of sweeps and Jobs through the admin client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fixtures_cluster import wait_for
+from lorasweep_operator.spec import GROUP, VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "deploy" / "crd" / "lorasweeps.lorasweep.dev.yaml"
+RBAC = ROOT / "deploy" / "rbac"
+OPERATOR_ACCOUNT = "lorasweep-operator"
+LORASWEEP = Path(sys.executable).with_name("lorasweep")
+
+# A trial in a few lines: reads the contract, sleeps `epochs` x 0.5 s, reports val_accuracy = 100 x learningRate,
+# and exits 2 (invalid configuration) when learningRate >= 0.5, as the trainer does for a bad trial.
+STAND_IN = r"""
+import json, os, sys, time
+trial = json.loads(os.environ["LORASWEEP_TRIAL"])
+training = trial["training"]
+time.sleep(training["epochs"] * 0.5)
+rate = training["learningRate"]
+path = os.environ["LORASWEEP_TERMINATION_LOG"]
+if rate >= 0.5:
+    summary = {"trial": trial["trial"], "status": "Failed", "reason": "InvalidConfig", "message": "learningRate too high"}
+    open(path, "w").write(json.dumps(summary))
+    sys.exit(2)
+metrics = {"val_accuracy": round(100 * rate, 6), "test_accuracy": 0.5}
+uri = trial["output"] + "metrics.json"
+open(path, "w").write(json.dumps({"trial": trial["trial"], "status": "Succeeded", "metrics": metrics,
+                                  "best_epoch": training["epochs"], "metrics_uri": uri}))
+"""
+
+
+def install_crd(cluster: Any) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd/lorasweeps.lorasweep.dev")
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "role.yaml"))
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "user_roles.yaml"))
+
+
+def bind_operator(cluster: Any, namespace: str) -> None:
+    """What a namespaced install does: the operator ClusterRole bound in one namespace only."""
+    cluster.kubectl(
+        "create", "rolebinding", OPERATOR_ACCOUNT, "-n", namespace,
+        f"--clusterrole={OPERATOR_ACCOUNT}", f"--serviceaccount={namespace}:{OPERATOR_ACCOUNT}",
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    """`lorasweep operator --namespace NS` with the ServiceAccount's kubeconfig; restartable, killable."""
+
+    def __init__(self, namespace: str, kubeconfig: Path, log_dir: Path) -> None:
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
+        argv = [
+            str(LORASWEEP), "-v", "operator", "--namespace", self.namespace,
+            "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
+        ]  # fmt: skip
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for("the operator's liveness endpoint", self.healthy, timeout=60)
+
+    def healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no cleanup, exactly like a node dying under it."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-6000:] for path in sorted(self.log_dir.glob("operator-*.log"))
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+
+@contextlib.contextmanager
+def running_operator(
+    cluster: Any, namespace: str, serviceaccount_kubeconfig: Callable[[str, str], Path], log_dir: Path
+) -> Iterator[OperatorProcess]:
+    bind_operator(cluster, namespace)
+    operator = OperatorProcess(namespace, serviceaccount_kubeconfig(namespace, OPERATOR_ACCOUNT), log_dir)
+    operator.start()
+    try:
+        yield operator
+    finally:
+        operator.stop()
+
+
+def sweep_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "image": "lorasweep-trainer:test",
+        "command": ["python", "-c", STAND_IN],
+        "dataset": {"source": "s3://bucket/clips/"},
+        "training": {"epochs": 2},
+        "storage": {"output": "s3://bucket/sweeps/"},
+        "resources": {"limits": {"cpu": "1", "memory": "512Mi"}},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LoraSweep",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": body,
+    }
+
+
+def learning_rates(*rates: float) -> dict[str, Any]:
+    return {"list": [{"learningRate": rate} for rate in rates]}
+
+
+def apply(cluster: Any, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    result: subprocess.CompletedProcess[str] = cluster.kubectl(
+        "apply", "-f", "-", input=yaml.safe_dump(manifest), check=False
+    )
+    return result
+
+
+def get_sweep(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
+    result = cluster.kubectl("get", "lorasweep", name, "-n", namespace, "-o", "json")
+    body: dict[str, Any] = json.loads(result.stdout)
+    return body
+
+
+def list_jobs(cluster: Any, namespace: str) -> list[dict[str, Any]]:
+    result = cluster.kubectl("get", "jobs", "-n", namespace, "-l", "lorasweep.dev/sweep", "-o", "json")
+    items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
+    return items
+
+
+def list_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
+    result = cluster.kubectl("get", "pods", "-n", namespace, "-l", "lorasweep.dev/sweep", "-o", "json")
+    items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
+    return items
+
+
+def job_finished(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions)
+
+
+def wait_phase(
+    cluster: Any, namespace: str, name: str, phases: tuple[str, ...], timeout: float = 180
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        body = get_sweep(cluster, namespace, name)
+        return body if (body.get("status") or {}).get("phase") in phases else None
+
+    result: dict[str, Any] = wait_for(f"sweep {name} to reach {phases}", reached, timeout=timeout, interval=0.5)
+    return result
