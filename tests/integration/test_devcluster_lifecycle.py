@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_cluster import wait_for
 
+from fixtures_cluster import wait_for
 from lorasweep_operator.devcluster import binaries
 from lorasweep_operator.devcluster import cluster as devcluster
 
@@ -81,7 +81,9 @@ def test_up_survives_restarts_and_kills_and_down_leaves_nothing(tmp_path: Path) 
         assert created
         assert not any(devcluster.is_running(record) for record in old.values())
         assert json.loads(fresh.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"] == "v1.34.4"
-        assert devcluster.node_ready(json.loads(fresh.kubectl("get", "node", "lorasweep-dev-node", "-o", "json").stdout))
+        assert devcluster.node_ready(
+            json.loads(fresh.kubectl("get", "node", "lorasweep-dev-node", "-o", "json").stdout)
+        )
     finally:
         devcluster.down(state_dir)
     time.sleep(0.2)
