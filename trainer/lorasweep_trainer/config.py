@@ -61,6 +61,12 @@ class TrainingConfig(Contract):
     learning_rate: Annotated[float, Field(gt=0, le=1.0)] = 2.0e-4
     weight_decay: Annotated[float, Field(ge=0, le=1.0)] = 0.01
     lora: LoraConfig = LoraConfig()
+    scheduler: Literal["cosine", "constant"] = Field(
+        default="cosine", description="after warmup: cosine decay to 0, or the constant learning rate"
+    )
+    warmup_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.1, description="share of the optimizer steps with a linear warmup from 0"
+    )
 
 
 class SplitConfig(Contract):

@@ -51,6 +51,7 @@ class EpochMetrics(Record):
     train_accuracy: float
     val_accuracy: float
     val_loss: float | None = None
+    val_macro_f1: float | None = None
 
 
 class ClassMetrics(Record):
@@ -89,6 +90,9 @@ class TrialMetrics(Record):
     val_macro_f1: float | None = None
     split: dict[str, list[str]] = Field(default_factory=dict, description="clip keys per split")
     corrupt_clips: list[str] = Field(default_factory=list)
+    test_predictions: dict[str, str] = Field(
+        default_factory=dict, description="test clip key -> predicted class, from the best epoch's adapter"
+    )
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 

@@ -1,0 +1,208 @@
+"""``lorasweep-trainer``: train (the image's entrypoint), synth, inspect, bench.
+
+Exit codes of ``train``: 0 succeeded, 2 invalid trial configuration, 3 dataset unusable; anything else is a
+retryable failure. Every outcome, success or failure, leaves a termination message (results.TerminationSummary)
+in ``$LORASWEEP_TERMINATION_LOG`` (default /dev/termination-log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from lorasweep_trainer.config import (
+    DEFAULT_TERMINATION_LOG,
+    EXIT_DATASET_UNUSABLE,
+    EXIT_INVALID_CONFIG,
+    EXIT_SUCCEEDED,
+    TERMINATION_LOG_ENV,
+    TRIAL_ENV,
+    TrialConfig,
+)
+from lorasweep_trainer.results import TerminationSummary
+
+log = logging.getLogger("lorasweep_trainer")
+
+
+def validation_message(error: ValidationError) -> str:
+    """``training.lora.rank: Input should be greater than or equal to 1 (got 0)`` per error, joined by '; '."""
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "trial"
+        got = f" (got {item['input']!r})" if item["type"] not in ("missing", "json_invalid") else ""
+        parts.append(f"{where}: {item['msg']}{got}")
+    return "; ".join(parts)
+
+
+def write_termination(summary: TerminationSummary) -> None:
+    path = os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
+    try:
+        Path(path).write_text(summary.encode(), encoding="utf-8")
+    except OSError as error:
+        log.warning("termination message not written path=%s error=%s", path, error)
+
+
+def fail(trial: str, code: int, reason: str, message: str) -> int:
+    log.error("trial failed trial=%s reason=%s message=%s", trial, reason, message)
+    write_termination(TerminationSummary(trial=trial, status="Failed", reason=reason, message=message))
+    return code
+
+
+def _trial_id(text: str) -> str:
+    try:
+        value = json.loads(text).get("trial")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return value if isinstance(value, str) and value else "unknown"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.trial:
+        text = Path(args.trial).read_text(encoding="utf-8")
+    elif os.environ.get(TRIAL_ENV):
+        text = os.environ[TRIAL_ENV]
+    else:
+        return fail(
+            "unknown",
+            EXIT_INVALID_CONFIG,
+            "InvalidConfig",
+            f"no trial configuration: set {TRIAL_ENV} or pass --trial FILE",
+        )
+    try:
+        cfg = TrialConfig.model_validate_json(text)
+    except ValidationError as error:
+        return fail(
+            _trial_id(text),
+            EXIT_INVALID_CONFIG,
+            "InvalidConfig",
+            f"invalid trial configuration: {validation_message(error)}",
+        )
+
+    from lorasweep_trainer.data import DatasetError
+    from lorasweep_trainer.results import summarize
+    from lorasweep_trainer.train import ConfigError, train
+
+    log.info("trial starting trial=%s sweep=%s output=%s", cfg.trial, cfg.sweep, cfg.output)
+    try:
+        metrics, metrics_uri = train(cfg)
+    except ConfigError as error:
+        return fail(cfg.trial, EXIT_INVALID_CONFIG, "InvalidConfig", str(error))
+    except DatasetError as error:
+        return fail(cfg.trial, EXIT_DATASET_UNUSABLE, "DatasetUnusable", str(error))
+    except Exception as error:
+        fail(cfg.trial, 1, "Error", f"{type(error).__name__}: {error}")
+        raise
+    write_termination(summarize(metrics, metrics_uri))
+    log.info(
+        "trial succeeded trial=%s val_accuracy=%.4f test_accuracy=%.4f metrics=%s",
+        cfg.trial,
+        metrics.val_accuracy,
+        metrics.test_accuracy,
+        metrics_uri,
+    )
+    return EXIT_SUCCEEDED
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from lorasweep_trainer.synth import SynthSpec, write_dataset
+
+    try:
+        spec = SynthSpec(
+            actions=tuple(int(a) for a in args.actions.split(",") if a),
+            clips_per_action=args.clips_per_action,
+            width=args.width,
+            height=args.height,
+            frames=args.frames,
+            fps=args.fps,
+            corrupt=args.corrupt,
+            seed=args.seed,
+            fourcc=args.fourcc,
+        )
+    except ValueError as error:
+        print(f"lorasweep-trainer synth: {error}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    written = write_dataset(spec, args.output)
+    print(f"wrote {len(written)} clips ({spec.corrupt} corrupt) to {args.output}")
+    return EXIT_SUCCEEDED
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        cfg = TrialConfig.model_validate_json(Path(args.trial).read_text(encoding="utf-8"))
+    except ValidationError as error:
+        print(f"invalid trial configuration: {validation_message(error)}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    from lorasweep_trainer import model as modeling
+
+    # The meta device builds the real module tree without allocating or initialising weights.
+    base = modeling.build_base_model(cfg.model, cfg.dataset.class_names, cfg.seed, device="meta")
+    total = modeling.count_parameters(base)
+    trainable = modeling.count_parameters(modeling.apply_lora(base, cfg.training.lora), trainable_only=True)
+    print(
+        json.dumps(
+            {
+                "trainable_parameters": trainable,
+                "total_parameters": total,
+                "trainable_percent": round(100 * trainable / total, 4),
+            }
+        )
+    )
+    return EXIT_SUCCEEDED
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lorasweep_trainer.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorasweep-trainer", description="Run and inspect one lorasweep trial.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help=f"run one trial (config from ${TRIAL_ENV} or --trial)")
+    train.add_argument("--trial", help=f"trial configuration JSON file (default: ${TRIAL_ENV})")
+    train.set_defaults(func=cmd_train)
+
+    synth = sub.add_parser("synth", help="write a synthetic NTU-like dataset to a folder or s3:// prefix")
+    synth.add_argument("output", help="folder or s3://bucket/prefix/")
+    synth.add_argument("--actions", default="8,9,23,1,2", help="comma-separated NTU action ids (default: 8,9,23,1,2)")
+    synth.add_argument("--clips-per-action", type=int, default=10)
+    synth.add_argument("--width", type=int, default=64, help="up to 1920")
+    synth.add_argument("--height", type=int, default=48, help="up to 1080")
+    synth.add_argument("--frames", type=int, default=16)
+    synth.add_argument("--fps", type=int, default=30)
+    synth.add_argument("--corrupt", type=int, default=0, help="how many clips hold undecodable bytes")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--fourcc", default="XVID", help="OpenCV codec, e.g. XVID or MJPG")
+    synth.set_defaults(func=cmd_synth)
+
+    inspect = sub.add_parser("inspect", help="print trainable and total parameters of a trial's model")
+    inspect.add_argument("--trial", required=True, help="trial configuration JSON file")
+    inspect.set_defaults(func=cmd_inspect)
+
+    bench = sub.add_parser("bench", help="measure S3 GET + decode and training throughput")
+    bench.add_argument("--large-clips", type=int, default=6, help="1920x1080 clips to read")
+    bench.add_argument("--small-clips", type=int, default=40, help="small clips to read")
+    bench.add_argument("--large-frames", type=int, default=72, help="frames per 1920x1080 clip (NTU clips: ~70-100)")
+    bench.add_argument("--steps", type=int, default=20, help="tiny-model training steps to time")
+    bench.add_argument("--gpu-iterations", type=int, default=10, help="ViT-L iterations to time where CUDA is present")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The model: V-JEPA2 video classification, its presets, its video processor, and every LoRA choice.
+
+- ``ModelConfig.preset`` unset: ``VJEPA2ForVideoClassification.from_pretrained(name)`` (a hub name or a local
+  path; the HF cache and ``HF_HUB_OFFLINE`` work as usual). The classifier is re-initialised for our classes.
+- ``preset="tiny"``: a ~170k-parameter V-JEPA2 for CPU tests (32 px crop, 2 encoder layers).
+- ``preset="vjepa2-vitl-256"``: the ViT-L shape of ``facebook/vjepa2-vitl-fpc16-256-ssv2`` with random weights,
+  for parameter accounting and benchmarks without a download.
+
+Preset weights are drawn from a generator seeded by the trial seed, so "a fresh base built the same way" is
+bit-identical, which is what lets a saved adapter be reloaded and reproduce predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2VideoProcessor
+
+from lorasweep_trainer.config import LoraConfig, ModelConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        # A random encoder with the usual 0.02 init maps every clip to nearly the same features; at 0.2 its
+        # random features keep enough of the input that LoRA and the classifier can learn the synthetic motions.
+        "initializer_range": 0.2,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "mlp_ratio": 2.0,
+        "num_pooler_layers": 1,
+        "patch_size": 8,
+        "tubelet_size": 2,
+        "crop_size": 32,
+        "image_size": 32,
+        "pred_hidden_size": 16,
+        "pred_num_hidden_layers": 1,
+        "pred_num_attention_heads": 2,
+        "pred_num_mask_tokens": 2,
+    },
+    "vjepa2-vitl-256": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "mlp_ratio": 4.0,
+        "num_pooler_layers": 3,
+        "patch_size": 16,
+        "tubelet_size": 2,
+        "crop_size": 256,
+        "image_size": 256,
+    },
+}
+
+# All LoRA choices live here. The classifier is new for our classes, so it is trained in full
+# (modules_to_save); the encoder and pooler weights stay frozen. With the default target modules only the
+# attentive pooler is adapted: V-JEPA2's encoder names its projections query/key/value/proj.
+LORA_MODULES_TO_SAVE = ["classifier"]
+LORA_BIAS = "none"
+
+
+def lora_config(lora: LoraConfig) -> PeftLoraConfig:
+    return PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        modules_to_save=list(LORA_MODULES_TO_SAVE),
+        bias=LORA_BIAS,
+    )
+
+
+def apply_lora(model: VJEPA2ForVideoClassification, lora: LoraConfig) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters; fails clearly when a target module does not exist."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    absent = [name for name in lora.target_modules if name not in present]
+    if absent:
+        raise ValueError(
+            f"training.lora.targetModules {absent} are not modules of this model; "
+            "V-JEPA2 has q_proj, k_proj, v_proj, out_proj (pooler) and query, key, value, proj (encoder)"
+        )
+    return get_peft_model(model, lora_config(lora))
+
+
+def preset_config(preset: str, num_labels: int, frames_per_clip: int) -> VJEPA2Config:
+    return VJEPA2Config(**PRESETS[preset], frames_per_clip=frames_per_clip, num_labels=num_labels)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_base_model(
+    model: ModelConfig, classes: list[str], seed: int, device: str | torch.device = "cpu"
+) -> VJEPA2ForVideoClassification:
+    """The classifier before LoRA. ``device="meta"`` builds the module tree without allocating weights."""
+    labels = {
+        "num_labels": len(classes),
+        "id2label": dict(enumerate(classes)),
+        "label2id": {c: i for i, c in enumerate(classes)},
+    }
+    if model.preset is not None:
+        config = preset_config(model.preset, len(classes), model.frames_per_clip)
+        config.update({"id2label": labels["id2label"], "label2id": labels["label2id"]})
+        with _seeded(seed), torch.device(device):
+            return VJEPA2ForVideoClassification(config)
+    if torch.device(device).type == "meta":
+        config = VJEPA2Config.from_pretrained(model.name, **labels)
+        with torch.device("meta"):
+            return VJEPA2ForVideoClassification(config)
+    with _seeded(seed):
+        # The hub checkpoint's head has other classes (e.g. 174 for SSv2): replace it rather than fail.
+        loaded = VJEPA2ForVideoClassification.from_pretrained(model.name, ignore_mismatched_sizes=True, **labels)
+    return loaded.to(device)
+
+
+def build_processor(config: VJEPA2Config) -> VJEPA2VideoProcessor:
+    """V-JEPA2's own preprocessing (resize the short side to crop x 256/224, centre crop, ImageNet norm)."""
+    return VJEPA2VideoProcessor(crop_size=config.crop_size)
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def lora_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable weights (LoRA matrices and the saved classifier): the best epoch's state."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_lora_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)

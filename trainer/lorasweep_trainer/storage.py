@@ -1,0 +1,194 @@
+"""Object storage for the trainer: ``s3://bucket/prefix/`` URIs or local folders, behind the same few functions.
+
+- Reads retry twice over: botocore's standard retry mode handles throttling and connection errors of the
+  request; our own loop (exponential backoff with jitter) retries a body that breaks off mid-stream, which
+  botocore does not.
+- Writes are complete or absent. S3: one PUT per object (S3 never shows a partial PUT) with ``ContentMD5`` so
+  the server rejects a corrupted body, then the returned ETag is checked against our MD5. Local: write a
+  temporary file in the same folder, fsync, then ``os.replace`` (atomic on POSIX).
+- The endpoint comes from ``AWS_ENDPOINT_URL_S3`` (read by boto3 itself), credentials from the usual chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+READ_ATTEMPTS = 5
+BACKOFF_BASE_SECONDS = 0.2
+BACKOFF_MAX_SECONDS = 5.0
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed after retries, or a written object did not verify."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    uri: str
+    name: str  # the last path component, e.g. S001C001P001R001A008_rgb.avi
+    size: int
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI has no bucket: {uri!r}; write it as s3://bucket/prefix/")
+    return bucket, key
+
+
+def join(prefix: str, name: str) -> str:
+    """Join a folder or prefix URI and a relative name with exactly one slash."""
+    return f"{prefix.rstrip('/')}/{name.lstrip('/')}"
+
+
+_client_lock = threading.Lock()
+_client: Any = None
+
+
+def s3_client(max_pool_connections: int = 16) -> Any:
+    """One shared client (boto3 clients are thread-safe once built; building one is not)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": 8, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                max_pool_connections=max_pool_connections,
+            )
+            _client = boto3.client("s3", config=config)
+        return _client
+
+
+def reset_client() -> None:
+    """Forget the shared client, e.g. after the endpoint env changed (tests)."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def _transient_read_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+
+    return (BotoConnectionError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ConnectionError)
+
+
+def with_retries(what: str, operation: Callable[[], T], retry_on: tuple[type[BaseException], ...]) -> T:
+    """Run ``operation``; on ``retry_on`` errors back off exponentially (with jitter) and try again."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return operation()
+        except retry_on as error:
+            if attempt == READ_ATTEMPTS:
+                raise StorageError(f"{what} failed after {READ_ATTEMPTS} attempts: {error}") from error
+            delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("storage retry what=%s attempt=%d delay_s=%.2f error=%s", what, attempt, delay, error)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def list_objects(source: str) -> list[StoredObject]:
+    """Every object under an ``s3://`` prefix or every file under a local folder, sorted by URI."""
+    if is_s3(source):
+        bucket, prefix = split_s3(source)
+        paginator = s3_client().get_paginator("list_objects_v2")
+        found = [
+            StoredObject(uri=f"s3://{bucket}/{item['Key']}", name=item["Key"].rsplit("/", 1)[-1], size=item["Size"])
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+        ]
+    else:
+        root = Path(source)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset folder {source!r} does not exist")
+        found = [
+            StoredObject(uri=str(path), name=path.name, size=path.stat().st_size)
+            for path in root.rglob("*")
+            if path.is_file()
+        ]
+    return sorted(found, key=lambda item: item.uri)
+
+
+def read_bytes(uri: str) -> bytes:
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    bucket, key = split_s3(uri)
+
+    def get() -> bytes:
+        body: bytes = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
+    return with_retries(f"GET {uri}", get, _transient_read_errors())
+
+
+def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    """Write one object completely or not at all, verified by MD5."""
+    if not is_s3(uri):
+        _write_local(Path(uri), data)
+        return
+    bucket, key = split_s3(uri)
+    digest = hashlib.md5(data, usedforsecurity=False)
+
+    def put() -> Any:
+        return s3_client().put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentMD5=base64.b64encode(digest.digest()).decode(),
+            ContentType=content_type,
+        )
+
+    response = with_retries(f"PUT {uri}", put, _transient_read_errors())
+    etag = str(response.get("ETag", "")).strip('"')
+    if etag != digest.hexdigest():
+        raise StorageError(f"PUT {uri} did not verify: ETag {etag!r} != MD5 {digest.hexdigest()!r}")
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def upload_folder(folder: Path, prefix: str) -> list[str]:
+    """Write every file under ``folder`` to ``prefix`` (same relative names); returns the URIs written."""
+    written = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        uri = join(prefix, path.relative_to(folder).as_posix())
+        write_bytes(uri, path.read_bytes())
+        written.append(uri)
+    return written

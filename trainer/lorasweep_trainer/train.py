@@ -1,0 +1,397 @@
+"""One trial, top to bottom: model, optimizer, data, scheduler, the epochs, the test, the artifacts.
+
+Choices worth knowing:
+- One seed (``TrialConfig.seed``) seeds python, numpy and torch, the preset weights, the training order and
+  the training frame sampler. The dataset's own seed (``dataset.seed``) picks and splits the clips, so every
+  trial of a sweep sees the same split.
+- Learning rate: linear warmup from 0 over ``warmup_fraction`` of the optimizer steps, then cosine decay to 0
+  (``scheduler: cosine``) or the peak rate held (``scheduler: constant``).
+- Gradient accumulation: each micro-batch's loss is divided by ``gradient_accumulation_steps``; an epoch's last,
+  incomplete group still takes an optimizer step.
+- ``train_accuracy`` of an epoch is the running accuracy over that epoch's training batches (train mode).
+- The best epoch is the one with the highest validation accuracy (ties go to the earlier epoch); its LoRA and
+  classifier weights are kept in memory and the test split is evaluated once, with them.
+- Corrupt clips are skipped and listed; once more than ``dataset.maxCorruptFraction`` of the selected clips are
+  corrupt the trial stops with a DatasetError (exit 3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lorasweep_trainer import data, evaluate, storage
+from lorasweep_trainer import model as modeling
+from lorasweep_trainer.config import TrialConfig
+from lorasweep_trainer.results import (
+    ADAPTER_FOLDER,
+    METRICS_FILE,
+    DatasetSizes,
+    EpochMetrics,
+    TrialMetrics,
+    TrialParams,
+)
+from lorasweep_trainer.telemetry import Telemetry
+from lorasweep_trainer.video import ClipLoader, LoadedClip, batches
+
+log = logging.getLogger(__name__)
+
+GIT_COMMIT_ENV = "LORASWEEP_GIT_COMMIT"
+INFERENCE_TIMING_CLIPS = 32
+EVENT_LOG = "train.jsonl"
+CONFUSION_PNG = "confusion_matrix.png"
+CONFUSION_JSON = "confusion_matrix.json"
+
+
+class ConfigError(ValueError):
+    """The trial configuration cannot run here (exit 2)."""
+
+
+class EventLog:
+    """train.jsonl: one JSON object per line, one line per event (step, epoch, test, corrupt clip)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = path.open("a", encoding="utf-8")
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, **fields}
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+@dataclass
+class CorruptClips:
+    """Corrupt clips seen so far; past ``limit`` of them the dataset is unusable."""
+
+    selected: int
+    max_fraction: float
+    events: EventLog
+    uris: list[str] = field(default_factory=list)
+
+    def add(self, clip: LoadedClip) -> None:
+        if clip.sample.uri in self.uris:
+            return
+        self.uris.append(clip.sample.uri)
+        self.events.write("corrupt_clip", uri=clip.sample.uri, error=clip.error)
+        if len(self.uris) > self.max_fraction * self.selected:
+            raise data.DatasetError(
+                f"{len(self.uris)} of {self.selected} selected clips are corrupt, more than "
+                f"dataset.maxCorruptFraction={self.max_fraction:g}; first: {self.uris[:3]}"
+            )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device: auto or cpu")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    import os
+
+    if commit := os.environ.get(GIT_COMMIT_ENV):
+        return commit
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+
+
+def plan_split(cfg: TrialConfig) -> data.Split:
+    """List the source, map clips to classes, select ``videos_per_class`` each and split (dataset.seed)."""
+    dataset = cfg.dataset
+    try:
+        objects = storage.list_objects(dataset.source)
+    except FileNotFoundError as error:
+        raise data.DatasetError(str(error)) from error
+    clips = data.ntu_clips((item.uri, item.name) for item in objects)
+    grouped = data.clips_by_class(clips, dataset.classes)
+    selected = data.select(grouped, dataset.videos_per_class, dataset.seed, dataset.source)
+    return data.split(selected, dataset.split, dataset.seed)
+
+
+def lr_lambda(total_steps: int, warmup_fraction: float, schedule: str) -> Callable[[int], float]:
+    warmup = math.ceil(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        # LambdaLR calls this with the number of steps taken; step + 1 is the step about to be taken.
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
+    """Train, evaluate and write every artifact under ``work`` (then `publish` copies them to the output)."""
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    classes = cfg.dataset.class_names
+    telemetry = Telemetry(cfg.namespace, cfg.sweep, cfg.trial)
+    telemetry.serve(cfg.metrics_port)
+    events = EventLog(work / EVENT_LOG)
+    training = cfg.training
+
+    # Model: the base, then LoRA (the only trainable weights) on top.
+    base = modeling.build_base_model(cfg.model, classes, cfg.seed)
+    total_parameters = modeling.count_parameters(base)
+    model = modeling.apply_lora(base, training.lora).to(device)
+    trainable_parameters = modeling.count_parameters(model, trainable_only=True)
+    processor = modeling.build_processor(base.config)
+    log.info("model ready trainable=%d total=%d device=%s", trainable_parameters, total_parameters, device)
+
+    # Optimizer
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=training.learning_rate, weight_decay=training.weight_decay)
+
+    # Data
+    split = plan_split(cfg)
+    selected = len(split.train) + len(split.val) + len(split.test)
+    corrupt = CorruptClips(selected, cfg.dataset.max_corrupt_fraction, events)
+    loader = ClipLoader(processor, cfg.model.frames_per_clip, telemetry, cfg.prefetch, cfg.io_threads)
+    events.write("dataset", classes=classes, train=len(split.train), val=len(split.val), test=len(split.test))
+
+    def usable(samples: list[data.Sample]) -> list[data.Sample]:
+        return [sample for sample in samples if sample.uri not in corrupt.uris]
+
+    # Scheduler
+    steps_per_epoch = math.ceil(
+        math.ceil(len(split.train) / training.batch_size) / training.gradient_accumulation_steps
+    )
+    total_steps = steps_per_epoch * training.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, training.warmup_fraction, training.scheduler)
+    )
+
+    history: list[EpochMetrics] = []
+    best: tuple[int, float, dict[str, torch.Tensor]] | None = None  # (epoch, val accuracy, LoRA state)
+    train_started = time.perf_counter()
+    step = 0
+    try:
+        for epoch in range(1, training.epochs + 1):
+            telemetry.epoch.set(epoch)
+            model.train()
+            order = usable(split.train)
+            random.Random(f"{cfg.seed}:{epoch}").shuffle(order)
+            clips = loader.iterate(order, "train", train_seed=f"{cfg.seed}:{epoch}")
+            loss_sum, correct, seen, micro = 0.0, 0, 0, 0
+            step_started = time.perf_counter()
+            compute = 0.0
+            for _samples, pixel_values, labels in batches(clips, training.batch_size, corrupt.add):
+                began = time.perf_counter()
+                labels = labels.to(device)
+                with evaluate.autocast(device):
+                    logits = model(pixel_values_videos=pixel_values.to(device)).logits.float()
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                (loss / training.gradient_accumulation_steps).backward()
+                loss_sum += loss.item() * len(labels)
+                correct += int((logits.argmax(-1) == labels).sum().item())
+                seen += len(labels)
+                micro += 1
+                compute += time.perf_counter() - began
+                if micro % training.gradient_accumulation_steps == 0:
+                    step = optimizer_step(model, optimizer, scheduler, telemetry, events, epoch, step, compute, loss)
+                    compute = 0.0
+            if micro % training.gradient_accumulation_steps:
+                step = optimizer_step(model, optimizer, scheduler, telemetry, events, epoch, step, compute, loss)
+            if seen == 0:
+                raise data.DatasetError(f"no training clip of epoch {epoch} could be decoded")
+            val = evaluate.predict(
+                model, batches(loader.iterate(usable(split.val), "val"), training.batch_size, corrupt.add), device
+            )
+            val_matrix = evaluate.confusion_matrix(val.labels, val.predicted, len(classes))
+            record = EpochMetrics(
+                epoch=epoch,
+                train_loss=loss_sum / seen,
+                train_accuracy=correct / seen,
+                val_accuracy=val.accuracy,
+                val_loss=val.loss,
+                val_macro_f1=evaluate.macro_f1(evaluate.per_class(val_matrix, classes)),
+            )
+            history.append(record)
+            telemetry.train_loss.set(record.train_loss)
+            telemetry.train_accuracy.set(record.train_accuracy)
+            telemetry.val_accuracy.set(record.val_accuracy)
+            events.write("epoch", **record.model_dump(), seconds=round(time.perf_counter() - step_started, 3))
+            log.info(
+                "epoch done epoch=%d train_loss=%.4f train_acc=%.4f val_acc=%.4f",
+                epoch,
+                record.train_loss,
+                record.train_accuracy,
+                record.val_accuracy,
+            )
+            if best is None or record.val_accuracy > best[1]:
+                best = (epoch, record.val_accuracy, modeling.lora_state(model))
+        train_seconds = time.perf_counter() - train_started
+        assert best is not None
+
+        # Test: once, with the best epoch's adapter.
+        best_epoch, _, best_state = best
+        modeling.load_lora_state(model, best_state)
+        timing_clips: list[torch.Tensor] = []
+
+        def keep_for_timing(clips: Any) -> Any:
+            for clip in clips:
+                if clip.pixel_values is not None and len(timing_clips) < INFERENCE_TIMING_CLIPS:
+                    timing_clips.append(clip.pixel_values)
+                yield clip
+
+        test_clips = keep_for_timing(loader.iterate(usable(split.test), "test"))
+        test = evaluate.predict(model, batches(test_clips, training.batch_size, corrupt.add), device)
+        inference_ms = evaluate.inference_ms_per_video(model, timing_clips, device)
+    finally:
+        loader.close()
+
+    # Artifacts
+    best_record = history[best_epoch - 1]
+    matrix = evaluate.confusion_matrix(test.labels, test.predicted, len(classes))
+    report = evaluate.per_class(matrix, classes)
+    telemetry.test_accuracy.set(test.accuracy)
+    events.write("test", best_epoch=best_epoch, test_accuracy=test.accuracy, inference_ms_per_video=inference_ms)
+    model.save_pretrained(str(work / ADAPTER_FOLDER))
+    (work / CONFUSION_JSON).write_text(
+        json.dumps({"classes": classes, "rows": "actual", "columns": "predicted", "matrix": matrix}, indent=2)
+    )
+    evaluate.confusion_png(
+        matrix, classes, f"{cfg.sweep}/{cfg.trial}: test accuracy {test.accuracy:.2%}", work / CONFUSION_PNG
+    )
+    lora = training.lora
+    metrics = TrialMetrics(
+        sweep=cfg.sweep,
+        trial=cfg.trial,
+        group=cfg.group,
+        variant=cfg.variant,
+        params=TrialParams(
+            learning_rate=training.learning_rate,
+            lora_rank=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            weight_decay=training.weight_decay,
+            frames_per_clip=cfg.model.frames_per_clip,
+            seed=cfg.seed,
+        ),
+        classes=classes,
+        dataset=DatasetSizes(
+            videos_per_class=cfg.dataset.videos_per_class,
+            train=len(split.train),
+            val=len(split.val),
+            test=len(split.test),
+        ),
+        epochs=history,
+        best_epoch=best_epoch,
+        train_accuracy=best_record.train_accuracy,
+        val_accuracy=best_record.val_accuracy,
+        val_loss=best_record.val_loss,
+        val_macro_f1=best_record.val_macro_f1,
+        test_accuracy=test.accuracy,
+        per_class=report,
+        confusion_matrix=matrix,
+        trainable_parameters=trainable_parameters,
+        total_parameters=total_parameters,
+        inference_ms_per_video=inference_ms,
+        train_seconds=train_seconds,
+        git_commit=git_commit(),
+        model=cfg.model.name if cfg.model.preset is None else f"preset:{cfg.model.preset}",
+        device=describe_device(device),
+        started_at=started_at,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        split=split.keys(),
+        corrupt_clips=list(corrupt.uris),
+        test_predictions={uri: classes[p] for uri, p in zip(test.uris, test.predicted, strict=True)},
+    )
+    events.close()
+    telemetry.push()
+    return metrics
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    telemetry: Telemetry,
+    events: EventLog,
+    epoch: int,
+    step: int,
+    compute: float,
+    loss: torch.Tensor,
+) -> int:
+    began = time.perf_counter()
+    learning_rate = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    seconds = compute + time.perf_counter() - began
+    telemetry.optimizer_steps.inc()
+    telemetry.step_seconds.observe(seconds)
+    telemetry.learning_rate.set(learning_rate)
+    events.write(
+        "step", epoch=epoch, step=step + 1, loss=loss.item(), learning_rate=learning_rate, seconds=round(seconds, 4)
+    )
+    return step + 1
+
+
+def publish(work: Path, output: str) -> str:
+    """Copy the artifacts to the trial's output, metrics.json last (its presence marks a complete trial)."""
+    for path in sorted(p for p in work.rglob("*") if p.is_file() and p.name != METRICS_FILE):
+        storage.write_bytes(storage.join(output, path.relative_to(work).as_posix()), path.read_bytes())
+    metrics_uri = storage.join(output, METRICS_FILE)
+    storage.write_bytes(metrics_uri, (work / METRICS_FILE).read_bytes(), content_type="application/json")
+    return metrics_uri
+
+
+def train(cfg: TrialConfig) -> tuple[TrialMetrics, str]:
+    """Run the trial in a scratch folder and publish its artifacts; returns the metrics and metrics.json's URI."""
+    work = Path(tempfile.mkdtemp(prefix=f"lorasweep-{cfg.trial}-"))
+    try:
+        metrics = run_trial(cfg, work)
+        (work / METRICS_FILE).write_text(metrics.to_json())
+        return metrics, publish(work, cfg.output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
