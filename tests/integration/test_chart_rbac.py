@@ -198,6 +198,7 @@ def test_api_server_grants_exactly_these_rules(cluster: Any, namespace: str, tmp
         obj["metadata"]["namespace"] = namespace
         for subject in obj.get("subjects", []):
             subject["namespace"] = namespace
+    cluster.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
     account = next(obj["metadata"]["name"] for obj in rbac if obj["kind"] == "ServiceAccount")
     user = f"system:serviceaccount:{namespace}:{account}"
@@ -209,7 +210,9 @@ def test_api_server_grants_exactly_these_rules(cluster: Any, namespace: str, tmp
         args = ["auth", "can-i", verb, target, "--as", user, "-n", where]
         if "/" in resource:
             args += ["--subresource", resource.split("/")[1]]
-        return cluster.kubectl(*args, check=False).stdout.strip() == "yes"
+        result = cluster.kubectl(*args, check=False)
+        assert result.stdout.strip() in {"yes", "no"}, result.stderr
+        return result.stdout.strip() == "yes"
 
     for group, resource, verb in sorted(expected):
         assert can(verb, resource, group), f"{user} cannot {verb} {resource}.{group or 'core'}"
