@@ -184,3 +184,21 @@ def test_a_component_that_never_gets_ready_times_out_and_is_stopped(tmp_path: Pa
     assert state is not None
     assert not any(devcluster.is_running(r) for r in state.processes.values())  # nothing left running
     devcluster.down(state_dir)
+
+
+def test_a_port_taken_during_start_up_is_retried_on_fresh_ports(tmp_path: Path) -> None:
+    attempts = tmp_path / "attempts"
+    program = (
+        "import sys\n"
+        f"open({str(attempts)!r}, 'a').write(' '.join(a for a in sys.argv if a.startswith('--listen-client-urls')) + '\\n')\n"
+        "print('listen tcp 127.0.0.1:2379: bind: address already in use')\n"
+        "raise SystemExit(1)"
+    )
+    fake = fake_binaries(tmp_path / "bin", program)
+    state_dir = tmp_path / "state"
+    with pytest.raises(devcluster.ClusterError, match="address already in use"):
+        devcluster.up(state_dir, timeout=30, binaries=fake)
+    tried = attempts.read_text().splitlines()
+    assert len(tried) == 3
+    assert len(set(tried)) == 3  # each attempt on other ports
+    devcluster.down(state_dir)
