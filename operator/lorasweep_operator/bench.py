@@ -141,7 +141,7 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
     api = dev.api_client()
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     namespace = f"bench-{size}-{int(time.time())}"
-    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     wait("the default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items, 60, 0.2)
     metrics_port = free_port()
     log = (work / f"operator-{size}.log").open("wb")
@@ -156,18 +156,26 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
         selector = "lorasweep.dev/sweep=bench"
 
         started = time.monotonic()
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, sweep("bench", namespace, size, parallelism))
-        wait("the first Jobs", lambda: len(batch.list_namespaced_job(namespace, label_selector=selector).items) >= parallelism)
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, sweep("bench", namespace, size, parallelism)
+        )
+        wait(
+            "the first Jobs",
+            lambda: len(batch.list_namespaced_job(namespace, label_selector=selector).items) >= parallelism,
+        )
         launch = time.monotonic() - started
 
         def completed() -> float | None:
             for job in batch.list_namespaced_job(namespace, label_selector=selector).items:
-                if any(c.type == "Complete" and c.status == "True" for c in job.status.conditions or []):
+                if any(
+                    c.type == "Complete" and c.status == "True"
+                    for c in (job.status.conditions if job.status else None) or []
+                ):
                     return time.monotonic()
             return None
 
         def counted() -> bool:
-            body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bench")
+            body: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bench")  # type: ignore[assignment]
             return bool(((body.get("status") or {}).get("counts") or {}).get("succeeded"))
 
         seen = wait("a finished trial", completed, 120)
@@ -175,7 +183,7 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
         status_latency = time.monotonic() - seen
         time.sleep(1.0)
         totals = scrape(metrics_port)
-        body = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bench")
+        body: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bench")  # type: ignore[assignment]
         return Result(
             trials=size,
             parallelism=parallelism,
