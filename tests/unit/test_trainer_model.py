@@ -1,0 +1,57 @@
+"""Parameter accounting of the ViT-L preset against the reference, and the LoRA choices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lorasweep_trainer import cli
+from lorasweep_trainer import model as modeling
+from lorasweep_trainer.config import LoraConfig, ModelConfig
+
+CLASSES = ["sit_down", "stand_up", "waving", "other"]
+REFERENCE_TOTAL = 375_311_748
+REFERENCE_TRAINABLE = {8: 249_860, 16: 495_620, 32: 987_140, 64: 1_970_180}
+
+
+@pytest.mark.parametrize("rank", sorted(REFERENCE_TRAINABLE))
+def test_vitl_counts_match_the_reference(rank: int) -> None:
+    # The meta device builds the real module tree (every parameter with its shape) without the weights.
+    base = modeling.build_base_model(ModelConfig(preset="vjepa2-vitl-256"), CLASSES, seed=0, device="meta")
+    assert modeling.count_parameters(base) == REFERENCE_TOTAL
+    peft_model = modeling.apply_lora(base, LoraConfig(rank=rank, alpha=2 * rank))
+    assert modeling.count_parameters(peft_model, trainable_only=True) == REFERENCE_TRAINABLE[rank]
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    # Only the pooler's projections get LoRA; the encoder stays untouched; the classifier is trained in full.
+    assert all(".pooler." in name or ".classifier." in name for name in trainable)
+    assert not any("lora_" in name and ".vjepa2." in name for name, _ in peft_model.named_parameters())
+
+
+def test_inspect_prints_the_reference_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trial = {
+        "sweep": "s",
+        "trial": "t",
+        "model": {"preset": "vjepa2-vitl-256"},
+        "dataset": {"source": "s3://b/ntu/"},
+        "training": {"lora": {"rank": 16, "alpha": 32}},
+        "output": "s3://b/out/",
+    }
+    (tmp_path / "trial.json").write_text(json.dumps(trial))
+    assert cli.main(["inspect", "--trial", str(tmp_path / "trial.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["trainable_parameters"] == 495_620
+    assert printed["total_parameters"] == REFERENCE_TOTAL
+
+
+def test_unknown_target_module_is_a_clear_error() -> None:
+    base = modeling.build_base_model(ModelConfig(preset="tiny"), CLASSES, seed=0)
+    with pytest.raises(ValueError, match=r"targetModules \['qkv'\] are not modules of this model"):
+        modeling.apply_lora(base, LoraConfig(target_modules=("q_proj", "qkv")))
+
+
+def test_preset_weights_follow_the_seed() -> None:
+    first, second, other = (modeling.build_base_model(ModelConfig(preset="tiny"), CLASSES, seed=s) for s in (1, 1, 2))
+    a, b, c = (dict(m.named_parameters())["classifier.weight"] for m in (first, second, other))
+    assert a.equal(b) and not a.equal(c)
