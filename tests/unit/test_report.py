@@ -138,10 +138,21 @@ def test_wilson_interval_values() -> None:
     assert math.isclose(interval.high, 0.9266, abs_tol=5e-4)
     # It stays inside [0, 1] and keeps a width at the extremes, where the normal approximation collapses.
     assert wilson_interval(0.0, 30).low == 0.0 and wilson_interval(0.0, 30).high > 0.1
-    assert math.isclose(wilson_interval(1.0, 30).high, 1.0) and wilson_interval(1.0, 30).low < 0.9
+    assert wilson_interval(1.0, 30).high == 1.0 and wilson_interval(1.0, 30).low < 0.9
     # More clips, narrower interval.
     wide, narrow = wilson_interval(0.8, 30), wilson_interval(0.8, 300)
     assert narrow.high - narrow.low < wide.high - wide.low
+
+
+def test_perfect_and_zero_accuracy_render(trials: list[TrialMetrics]) -> None:
+    from lorasweep_operator.report.figures import render_figures
+
+    base = next(t for t in trials if t.group == "baseline")
+    other = next(t for t in trials if t.trial == "ref-rank-64")
+    perfect = base.model_copy(update={"val_accuracy": 1.0, "test_accuracy": 0.0})
+    report = build_report([perfect, other.model_copy(update={"val_accuracy": 0.0})])
+    assert report.best.val.interval.high == 1.0 and report.best.test.interval.low == 0.0
+    assert all(png.startswith(b"\x89PNG") for png in render_figures(report).values())
 
 
 def test_within_noise_is_said_plainly(trials: list[TrialMetrics]) -> None:

@@ -65,8 +65,8 @@ def _group(group: GroupTable) -> bytes:
     for offset, split, colour in ((-0.1, "val", "tab:blue"), (0.1, "test", "tab:orange")):
         values: list[Accuracy] = [getattr(row, split) for row in group.rows]
         means = [100 * v.mean for v in values]
-        below = [100 * (v.mean - v.interval.low) for v in values]
-        above = [100 * (v.interval.high - v.mean) for v in values]
+        below = [max(0.0, 100 * (v.mean - v.interval.low)) for v in values]
+        above = [max(0.0, 100 * (v.interval.high - v.mean)) for v in values]
         axes.errorbar(
             [p + offset for p in positions],
             means,

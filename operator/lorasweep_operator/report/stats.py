@@ -40,7 +40,10 @@ def wilson_interval(proportion: float, n: int, z: float = Z95) -> Interval:
     denominator = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denominator
     half_width = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denominator
-    return Interval(low=max(0.0, centre - half_width), high=min(1.0, centre + half_width))
+    # At 0 and 1 the bounds are exactly 0 and 1; rounding would otherwise leave them a hair inside.
+    low = 0.0 if p == 0.0 else max(0.0, centre - half_width)
+    high = 1.0 if p == 1.0 else min(1.0, centre + half_width)
+    return Interval(low=min(low, p), high=max(high, p))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:

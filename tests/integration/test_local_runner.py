@@ -1,0 +1,102 @@
+"""`lorasweep run` with the real trainer on synthetic clips: an interrupted run resumes without
+re-running finished trials, and nothing of the stopped trial is left running or half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+def tiny_sweep(clips: Path) -> dict[str, object]:
+    return {
+        "apiVersion": "lorasweep.dev/v1alpha1",
+        "kind": "LoraSweep",
+        "metadata": {"name": "resume"},
+        "spec": {
+            "image": "lorasweep-trainer:cpu",
+            "model": {"name": "tiny", "preset": "tiny", "framesPerClip": 4},
+            "dataset": {
+                "source": f"{clips}/",
+                "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},
+                "videosPerClass": 4,
+                "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+            },
+            "training": {"epochs": 1, "batchSize": 2, "gradientAccumulationSteps": 1, "learningRate": 3.0e-3},
+            "search": {"list": [{"learningRate": 1.0e-2}, {"learningRate": 3.0e-3}]},
+            "parallelism": 1,
+            "storage": {"output": "s3://unused/"},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("clips")
+    subprocess.run(
+        [BIN / "lorasweep-trainer", "synth", str(folder), "--actions", "8,9,23", "--clips-per-action", "4"],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+def processes_using(folder: Path) -> list[int]:
+    """Live processes whose environment mentions ``folder`` (the runner gives each trial a TMPDIR there)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if str(folder).encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_interrupted_run_resumes_without_rerunning_finished_trials(tmp_path: Path, clips: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(tiny_sweep(clips)))
+    out = tmp_path / "out"
+    command = [str(BIN / "lorasweep"), "run", str(sweep), "--out", str(out), "--device", "cpu"]
+
+    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("trials/*/metrics.json")):
+        assert runner.poll() is None, runner.communicate()[0]
+        assert time.monotonic() < deadline, "no trial finished within 300 s"
+        time.sleep(0.5)
+    runner.send_signal(signal.SIGINT)
+    first_output, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 130, first_output
+    assert "interrupted: finished trials are kept" in first_output
+
+    finished = {p.parent.name: p for p in out.glob("trials/*/metrics.json")}
+    assert len(finished) == 1, first_output
+    ((trial, metrics),) = finished.items()
+    before = (metrics.read_bytes(), metrics.stat().st_mtime_ns)
+    # The stopped trial's process is gone and left neither metrics nor scratch files.
+    assert processes_using(out) == []
+    assert not list(out.glob("trials/*/tmp"))
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "sweep resume: 2 trials, 1 finished before (skipped)" in rerun.stdout
+    assert f"trial {trial} running" not in rerun.stdout
+    assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == before
+    # The trainer log is appended per launch: the finished trial started exactly once.
+    assert (out / "trials" / trial / "trainer.log").read_text().count("trial starting") == 1
+    assert len(list(out.glob("trials/*/metrics.json"))) == 2
+    report = (out / "report" / "report.md").read_text()
+    assert "**Trials:** 2 (2 configurations × 1 seed: 42)" in report
+    assert f"report: {out / 'report' / 'report.md'}" in rerun.stdout
+    assert os.access(out / "report" / "confusion-matrix.png", os.R_OK)
