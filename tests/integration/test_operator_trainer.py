@@ -1,0 +1,99 @@
+"""The whole loop with the real trainer: the operator's Jobs run `lorasweep-trainer train` (a tiny V-JEPA2-shaped
+model on CPU) on synthetic NTU-like clips in the S3-protocol server, with credentials from the sweep's Secret,
+and the sweep's status holds what the trainer reported through its termination message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_harness import OperatorProcess, get_sweep, install_crd, running_operator, wait_phase
+
+from lorasweep_trainer.results import METRICS_SCHEMA
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def crd(cluster: Any) -> None:
+    install_crd(cluster)
+
+
+@pytest.fixture
+def operator(cluster: Any, namespace: str, serviceaccount_kubeconfig: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
+    with running_operator(cluster, namespace, serviceaccount_kubeconfig, tmp_path) as process:
+        yield process
+
+
+def test_sweep_with_the_real_trainer_on_synthetic_clips(
+    cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
+) -> None:
+    subprocess.run(
+        [
+            str(BIN / "lorasweep-trainer"),
+            "synth",
+            f"s3://{s3_bucket}/clips/",
+            "--actions",
+            "8,9,23",
+            "--clips-per-action",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+        env={**s3_server.env, "PATH": str(BIN)},
+    )
+    secret = {
+        key: value for key, value in s3_server.env.items() if key.startswith("AWS_") and key != "AWS_ENDPOINT_URL_S3"
+    }
+    cluster.kubectl(
+        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
+    )
+    manifest = {
+        "apiVersion": "lorasweep.dev/v1alpha1",
+        "kind": "LoraSweep",
+        "metadata": {"name": "tiny", "namespace": namespace},
+        "spec": {
+            "image": "lorasweep-trainer:cpu",
+            "model": {"name": "tiny", "preset": "tiny", "framesPerClip": 4},
+            "dataset": {
+                "source": f"s3://{s3_bucket}/clips/",
+                "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},
+                "videosPerClass": 4,
+                "split": {"train": 0.5, "val": 0.25, "test": 0.25},
+            },
+            "training": {"epochs": 1, "batchSize": 2, "gradientAccumulationSteps": 1, "lora": {"rank": 4, "alpha": 8}},
+            "search": {"list": [{"learningRate": 1.0e-3}, {"learningRate": 1.0e-2}]},
+            "parallelism": 1,
+            "maxFailedTrials": 0,
+            "backoffLimit": 0,
+            "resources": {"limits": {"cpu": "2", "memory": "4Gi"}},
+            "storage": {
+                "output": f"s3://{s3_bucket}/sweeps/",
+                "endpoint": s3_server.endpoint_url,
+                "credentialsSecret": "s3",
+            },
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    body = wait_phase(cluster, namespace, "tiny", ("Succeeded", "Failed"), timeout=600)
+    status = body["status"]
+    assert status["phase"] == "Succeeded", (json.dumps(status, indent=1), operator.log())
+    assert status["counts"]["succeeded"] == 2
+    rows = status["trials"]
+    assert all(0.0 <= row["objective"] <= 1.0 for row in rows)
+    assert rows[0]["objective"] >= rows[1]["objective"]
+    assert status["best"]["trial"] == rows[0]["id"]
+    # The result came from the trainer's termination message; metrics.json is where it points.
+    uri = status["best"]["metricsUri"]
+    assert uri == f"s3://{s3_bucket}/sweeps/{namespace}/tiny/trials/{rows[0]['id']}/metrics.json"
+    key = uri.removeprefix(f"s3://{s3_bucket}/")
+    metrics = json.loads(s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    assert metrics["schema"] == METRICS_SCHEMA and metrics["trial"] == rows[0]["id"]
+    assert metrics["val_accuracy"] == pytest.approx(rows[0]["objective"])
+    assert metrics["params"]["learning_rate"] == rows[0]["params"]["learningRate"]
+    assert get_sweep(cluster, namespace, "tiny")["status"]["best"] == status["best"]
