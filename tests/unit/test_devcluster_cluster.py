@@ -3,6 +3,7 @@ killed run is cleaned, pids the kernel reused are left alone, a failing componen
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -80,6 +81,7 @@ def test_a_recorded_pid_is_trusted_only_with_its_start_time(sleepers: list[subpr
 def test_stop_processes_escalates_to_sigkill(
     sleepers: list[subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger=devcluster.__name__)
     stubborn = sleeper(sleepers, ignore_term=True)
     polite = sleeper(sleepers)
     records = [devcluster.record_of(stubborn.pid), devcluster.record_of(polite.pid)]

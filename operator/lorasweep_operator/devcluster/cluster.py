@@ -110,7 +110,7 @@ def stop_processes(records: Sequence[ProcessRecord], grace: float = STOP_GRACE) 
         time.sleep(0.05)
     for record in live:
         if is_running(record):
-            log.warning("process did not stop on SIGTERM, killing pid=%s", record.pid)
+            log.info("process did not stop on SIGTERM, killing pid=%s", record.pid)
             _signal_group(record.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(is_running(r) for r in live):

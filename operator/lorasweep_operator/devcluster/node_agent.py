@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import datetime
 import http.server
 import json
@@ -133,6 +134,9 @@ class PodRun:
 
     def termination_path(self, name: str) -> Path:
         return self.folder / f"{name}.termination-log"
+
+    def exit_path(self, name: str) -> Path:
+        return self.folder / f"{name}.exit"
 
     def pid_path(self, name: str) -> Path:
         return self.folder / f"{name}.pid"
@@ -382,38 +386,46 @@ class Agent:
             self.reconcile(pod)
 
     def clean_up_previous(self, listed: dict[str, dict[str, Any]]) -> None:
-        """After a restart: processes from before cannot be waited for (they are not our children), so they
-        are stopped; a pod that was running is reported failed (exit 137), pods that are gone are cleaned."""
+        """After a restart, take over from the agent before it from what it left in the pods' folders.
+
+        A container that had exited left its final state (``<name>.exit``) and is restored from it. One that
+        still runs cannot be adopted (it is not our child, so its exit code could never be known): it is
+        stopped and reported as killed (exit 137), and the pod's restartPolicy decides what follows, as
+        after any container failure. Folders of pods that no longer exist are removed.
+        """
         pods_dir = self.state / "pods"
         for folder in pods_dir.glob("*") if pods_dir.exists() else []:
-            uid = folder.name
-            records = []
+            records: dict[str, ProcessRecord] = {}
             for pid_file in folder.glob("*.pid"):
                 with contextlib.suppress(ValueError, OSError):
-                    records.append((pid_file.stem, ProcessRecord.model_validate_json(pid_file.read_text())))
+                    records[pid_file.stem] = ProcessRecord.model_validate_json(pid_file.read_text())
                 pid_file.unlink(missing_ok=True)
-            stopped = stop_processes([r for _, r in records], grace=5)
-            pod = listed.get(uid)
+            stopped = set(stop_processes(list(records.values()), grace=5))
+            pod = listed.get(folder.name)
             if pod is None:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            phase = pod.get("status", {}).get("phase")
-            if stopped and phase not in ("Succeeded", "Failed"):
-                run = self.new_run(pod)
-                for name, _ in records:
-                    container = run.run_of(name)
-                    container.state = "terminated"
-                    container.exit_code = 137
-                    container.reason = "Error"
+            if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            run = self.new_run(pod)
+            self.runs[run.uid] = run
+            finished = []
+            for container in run.init + run.main:
+                exit_file = run.exit_path(container.name)
+                if exit_file.exists():
+                    restored = podlib.ContainerRun(**json.loads(exit_file.read_text()))
+                    container.__dict__.update(restored.__dict__)
+                    finished.append(container)
+                elif container.name in records and records[container.name].pid in stopped:
+                    container.state, container.exit_code, container.reason = "terminated", 137, "Error"
                     container.message = "the dev node agent restarted and could not adopt this container's process"
                     container.started_at = container.finished_at = now_rfc3339()
-                for container in run.init + run.main:
-                    if container.state == "waiting":
-                        container.state, container.exit_code, container.reason = "terminated", 137, "Error"
-                        container.started_at = container.finished_at = now_rfc3339()
-                run.pod.setdefault("spec", {})["restartPolicy"] = "Never"
-                self.runs[uid] = run
-                self.report(run)
+                    finished.append(container)
+            log.info("pod taken over after restart pod=%s finished=%s", run.key, [c.name for c in finished])
+            for container in finished:
+                self.after_exit(run, container)
+            self.advance(run)
+            self.report(run)
 
     def new_run(self, pod: dict[str, Any]) -> PodRun:
         uid = str(pod["metadata"]["uid"])
@@ -590,6 +602,7 @@ class Agent:
             return
         record = record_of(popen.pid, log_path)
         run.pid_path(container.name).write_text(record.model_dump_json())
+        run.exit_path(container.name).unlink(missing_ok=True)
         run.processes[container.name] = Process(popen, record, container.restart_count)
         container.state = "running"
         log.info("container started pod=%s container=%s pid=%s", run.key, container.name, popen.pid)
@@ -629,9 +642,11 @@ class Agent:
         self.after_exit(run, container)
 
     def after_exit(self, run: PodRun, container: podlib.ContainerRun) -> None:
+        # The final state outlives this agent: a restarted agent restores it instead of running the container again.
+        run.exit_path(container.name).write_text(json.dumps(dataclasses.asdict(container)))
         policy = run.restart_policy
         restart = not run.deleting and (policy == "Always" or (policy == "OnFailure" and not container.succeeded))
-        if container in run.init:
+        if any(c is container for c in run.init):
             restart = not run.deleting and policy != "Never" and not container.succeeded
         if restart:
             backoff = min(MAX_RESTART_BACKOFF, 1.0 * 2 ** min(container.restart_count, 5))
