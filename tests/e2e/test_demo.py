@@ -1,0 +1,56 @@
+"""`lorasweep demo`, the README's first command, from the repository's virtualenv: synthetic clips, four
+real trainer processes on the CPU, and a report whose tables match the trials that ran."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorasweep_operator.report import formatting as fmt
+from lorasweep_operator.report.stats import wilson_interval as wilson
+from lorasweep_trainer.results import TrialMetrics
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+
+
+def test_demo_runs_a_sweep_and_reports_it(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    done = subprocess.run(
+        [BIN / "lorasweep", "demo", "--dir", str(folder)], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report_path = folder / "report" / "report.md"
+    assert f"The demo's report: {report_path}" in done.stdout
+
+    trials = [TrialMetrics.model_validate_json(p.read_text()) for p in folder.glob("trials/*/metrics.json")]
+    assert len(trials) == 4
+    assert {t.group for t in trials} == {"baseline", "learning-rate", "lora-rank"}
+    report = report_path.read_text()
+    table = [line for line in report.splitlines() if line.startswith("| ") and "% (" in line and line[2].isdigit()]
+    top = table[:4]
+    # Every trial has its row in the ranking table, with its own accuracies and parameters.
+    for t in trials:
+        row = (
+            f"| {fmt.percent(t.val_accuracy)} ({fmt.interval(wilson(t.val_accuracy, t.dataset.val))}) "
+            f"| {fmt.percent(t.test_accuracy)} ({fmt.interval(wilson(t.test_accuracy, t.dataset.test))}) "
+            f"| {fmt.scientific(t.params.learning_rate)} | {t.params.lora_rank} |"
+        )
+        assert any(row in line for line in top), (row, top)
+    # Ranked by validation accuracy only.
+    ranked = [float(line.split("|")[2].split("%")[0]) for line in top]
+    assert ranked == sorted(ranked, reverse=True)
+    assert ranked[0] == round(100 * max(t.val_accuracy for t in trials), 2)
+    for figure in ("confusion-matrix.png", "group-learning-rate.png", "group-lora-rank.png"):
+        assert (folder / "report" / figure).read_bytes()[:4] == b"\x89PNG"
+
+    # Running it again finds every trial finished and only rewrites the report.
+    again = subprocess.run(
+        [BIN / "lorasweep", "demo", "--dir", str(folder)], capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 trials, 4 finished before (skipped)" in again.stdout
