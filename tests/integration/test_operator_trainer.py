@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from operator_harness import OperatorProcess, get_sweep, install_crd, running_operator, wait_phase
 
 from lorasweep_trainer.results import METRICS_SCHEMA
 
 BIN = Path(sys.executable).parent
+SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "samples" / "tiny-cpu-sweep.yaml"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,31 +55,19 @@ def test_sweep_with_the_real_trainer_on_synthetic_clips(
     cluster.kubectl(
         "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
     )
-    manifest = {
-        "apiVersion": "lorasweep.dev/v1alpha1",
-        "kind": "LoraSweep",
-        "metadata": {"name": "tiny", "namespace": namespace},
-        "spec": {
-            "image": "lorasweep-trainer:cpu",
-            "model": {"name": "tiny", "preset": "tiny", "framesPerClip": 4},
-            "dataset": {
-                "source": f"s3://{s3_bucket}/clips/",
-                "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},
-                "videosPerClass": 4,
-                "split": {"train": 0.5, "val": 0.25, "test": 0.25},
-            },
-            "training": {"epochs": 1, "batchSize": 2, "gradientAccumulationSteps": 1, "lora": {"rank": 4, "alpha": 8}},
-            "search": {"list": [{"learningRate": 1.0e-3}, {"learningRate": 1.0e-2}]},
-            "parallelism": 1,
-            "maxFailedTrials": 0,
-            "backoffLimit": 0,
-            "resources": {"limits": {"cpu": "2", "memory": "4Gi"}},
-            "storage": {
-                "output": f"s3://{s3_bucket}/sweeps/",
-                "endpoint": s3_server.endpoint_url,
-                "credentialsSecret": "s3",
-            },
-        },
+    # The shipped tiny CPU sample, pointed at this test's bucket and made smaller still.
+    manifest = yaml.safe_load(SAMPLE.read_text())
+    manifest["metadata"] = {"name": "tiny", "namespace": namespace}
+    spec = manifest["spec"]
+    spec["dataset"].update(
+        source=f"s3://{s3_bucket}/clips/", classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videosPerClass=4
+    )
+    spec["training"].update(epochs=1)
+    spec.update(parallelism=1, resources={"limits": {"cpu": "2", "memory": "4Gi"}})
+    spec["storage"] = {
+        "output": f"s3://{s3_bucket}/sweeps/",
+        "endpoint": s3_server.endpoint_url,
+        "credentialsSecret": "s3",
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     body = wait_phase(cluster, namespace, "tiny", ("Succeeded", "Failed"), timeout=600)
@@ -96,4 +86,5 @@ def test_sweep_with_the_real_trainer_on_synthetic_clips(
     assert metrics["schema"] == METRICS_SCHEMA and metrics["trial"] == rows[0]["id"]
     assert metrics["val_accuracy"] == pytest.approx(rows[0]["objective"])
     assert metrics["params"]["learning_rate"] == rows[0]["params"]["learningRate"]
+    assert {row["params"]["learningRate"] for row in rows} == {1e-3, 5e-3}
     assert get_sweep(cluster, namespace, "tiny")["status"]["best"] == status["best"]
