@@ -100,4 +100,4 @@ def test_run_writes_trials_and_report_to_the_sweeps_storage(s3_server: Any, s3_b
     assert list((tmp_path / "runs" / "s3run" / "trials").glob("*/trainer.log"))
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "1 trials, 1 finished before (skipped)" in again.stdout
+    assert "1 trial, 1 finished before (skipped)" in again.stdout

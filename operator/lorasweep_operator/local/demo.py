@@ -36,7 +36,9 @@ def demo_manifest(clips: Path, output: Path) -> dict[str, Any]:
     """The embedded demo sweep with its dataset and output pointed at ``clips`` and ``output``."""
     import yaml
 
-    document: dict[str, Any] = yaml.safe_load(resources.files("lorasweep_operator.local").joinpath(DEMO_SWEEP).read_text())
+    document: dict[str, Any] = yaml.safe_load(
+        resources.files("lorasweep_operator.local").joinpath(DEMO_SWEEP).read_text()
+    )
     document["spec"]["dataset"]["source"] = f"{clips}/"
     document["spec"]["storage"]["output"] = f"{output}/"
     return document

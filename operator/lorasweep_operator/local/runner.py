@@ -196,7 +196,7 @@ class LocalSweep:
                 t.state = State.DONE_BEFORE
         done = sum(t.state is State.DONE_BEFORE for t in self.progress)
         self.say(
-            f"sweep {name}: {len(self.progress)} trials, {done} finished before (skipped), "
+            f"sweep {name}: {plural(len(self.progress), 'trial')}, {done} finished before (skipped), "
             f"{self.options.parallel} at a time; results in {self.options.results}"
         )
         previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -215,7 +215,7 @@ class LocalSweep:
         if self.stopping:
             left = sum(t.state is State.PENDING for t in self.progress)
             self.say(
-                f"interrupted: finished trials are kept; {left} trials will run on the next "
+                f"interrupted: finished trials are kept; {plural(left, 'trial')} will run on the next "
                 f"`lorasweep run {self.manifest.name}` (re-run the same command)"
             )
             return EXIT_INTERRUPTED
@@ -278,6 +278,7 @@ class LocalSweep:
             t.finished = time.monotonic()
             if code == 0 and metrics_exist(self.metrics_uri(trial)):
                 t.state = State.SUCCEEDED
+                t.val_accuracy = self.final_val_accuracy(r)
             else:
                 t.state = State.FAILED
                 t.reason = self.failure_reason(r, code)
@@ -296,6 +297,16 @@ class LocalSweep:
             if not self.interactive:
                 accuracy = f" val_acc={latest.val_accuracy:.4f}" if latest.val_accuracy is not None else ""
                 self.note(f"trial {r.progress.trial} epoch {latest.epoch}/{r.progress.epochs}{accuracy}")
+
+    def final_val_accuracy(self, r: Running) -> float | None:
+        """The best epoch's validation accuracy from the trial's termination message (the last epoch's may differ)."""
+        from lorasweep_trainer.results import TerminationSummary
+
+        try:
+            summary = TerminationSummary.decode((r.folder / "termination.json").read_text())
+        except (OSError, ValueError):
+            return r.progress.val_accuracy
+        return summary.metrics.get("val_accuracy", r.progress.val_accuracy)
 
     def failure_reason(self, r: Running, code: int) -> str:
         from lorasweep_trainer.results import TerminationSummary
@@ -329,7 +340,7 @@ class LocalSweep:
     def stop_all(self) -> None:
         """SIGTERM every trial's process group, SIGKILL what is left after the grace period."""
         self.clear()
-        self.say(f"stopping {len(self.running)} running trials")
+        self.say(f"stopping {plural(len(self.running), 'running trial')}")
         for r in self.running.values():
             _signal_group(r.process, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -356,7 +367,7 @@ class LocalSweep:
             skipped = sum(t.state is State.PENDING for t in self.progress)
             self.say(
                 f"stopped launching after {len(self.failures)} failures (maxFailedTrials="
-                f"{self.manifest.spec.max_failed_trials}); {skipped} trials not run"
+                f"{self.manifest.spec.max_failed_trials}); {plural(skipped, 'trial')} not run"
             )
         for trial, reason in self.failures.items():
             self.say(f"  failed {trial}: {reason}")
@@ -399,6 +410,10 @@ class LocalSweep:
         if self.interactive and self.drawn:
             self.out.write(f"\x1b[{self.drawn}F\x1b[J")
             self.drawn = 0
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
