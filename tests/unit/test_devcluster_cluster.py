@@ -204,3 +204,23 @@ def test_a_port_taken_during_start_up_is_retried_on_fresh_ports(tmp_path: Path) 
     assert len(tried) == 3
     assert len(set(tried)) == 3  # each attempt on other ports
     devcluster.down(state_dir)
+
+
+def test_clusters_of_killed_test_sessions_are_stopped(tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]) -> None:
+    from fixtures_cluster import _clean_stale_sessions
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # a pytest session that is gone
+    orphan, live_session = tmp_path / f"{finished.pid}-abc123", tmp_path / f"{os.getpid()}-def456"
+    component = sleeper(sleepers)
+    for folder in (orphan, live_session):
+        folder.mkdir()
+        (folder / devcluster.MARKER).touch()
+    devcluster.save_state(orphan, ClusterState(processes={"etcd": devcluster.record_of(component.pid)}))
+    devcluster.save_state(live_session, ClusterState())
+
+    _clean_stale_sessions(tmp_path)
+
+    assert gone(component)
+    assert not orphan.exists()
+    assert live_session.exists()  # this session's own cluster is left alone
