@@ -85,11 +85,14 @@ class SplitConfig(Contract):
 ClassSpec = list[Annotated[int, Field(ge=1, le=120)]] | Literal["rest"]
 
 
+def reference_classes() -> dict[str, ClassSpec]:
+    """The reference sweep's four classes: NTU actions 8, 9, 23 and everything else."""
+    return {"sit_down": [8], "stand_up": [9], "waving": [23], "other": REST}
+
+
 class DatasetConfig(Contract):
     source: str = Field(min_length=1, description="s3://bucket/prefix/ or a local folder of NTU clips")
-    classes: dict[str, ClassSpec] = Field(
-        default_factory=lambda: {"sit_down": [8], "stand_up": [9], "waving": [23], "other": REST}
-    )
+    classes: dict[str, ClassSpec] = Field(default_factory=reference_classes)
     videos_per_class: Annotated[int, Field(ge=1, le=100_000)] = 50
     split: SplitConfig = SplitConfig()
     seed: int = 42
@@ -105,7 +108,7 @@ class DatasetConfig(Contract):
             raise ValueError(f"only one class may be 'rest', got {rest}")
         seen: dict[int, str] = {}
         for name, actions in value.items():
-            if actions == REST:
+            if isinstance(actions, str):
                 continue
             if not actions:
                 raise ValueError(f"class {name!r} lists no action ids; give ids like [8] or 'rest'")

@@ -8,13 +8,13 @@ classes as columns, both in ``classes`` order.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, ObjectiveMetric
 
-METRICS_SCHEMA = "lorasweep.metrics/v1"
+METRICS_SCHEMA: Final = "lorasweep.metrics/v1"
 METRICS_FILE = "metrics.json"
 ADAPTER_FOLDER = "adapter"
 
