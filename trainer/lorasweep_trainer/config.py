@@ -8,7 +8,7 @@ Field names are snake_case in Python and camelCase on the wire, matching the Lor
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -26,7 +26,7 @@ PERMANENT_EXIT_CODES = (EXIT_INVALID_CONFIG, EXIT_DATASET_UNUSABLE)
 
 DEFAULT_MODEL = "facebook/vjepa2-vitl-fpc16-256-ssv2"
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
-REST = "rest"
+REST: Final = "rest"
 
 ObjectiveMetric = Literal["val_accuracy", "val_macro_f1", "val_loss"]
 ModelPreset = Literal["tiny", "vjepa2-vitl-256"]
