@@ -81,7 +81,7 @@ def test_a_recorded_pid_is_trusted_only_with_its_start_time(sleepers: list[subpr
 def test_stop_processes_escalates_to_sigkill(
     sleepers: list[subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=devcluster.__name__)
+    caplog.set_level(logging.DEBUG, logger=devcluster.__name__)
     stubborn = sleeper(sleepers, ignore_term=True)
     polite = sleeper(sleepers)
     records = [devcluster.record_of(stubborn.pid), devcluster.record_of(polite.pid)]
@@ -224,3 +224,26 @@ def test_clusters_of_killed_test_sessions_are_stopped(tmp_path: Path, sleepers: 
     assert gone(component)
     assert not orphan.exists()
     assert live_session.exists()  # this session's own cluster is left alone
+
+
+def test_components_whose_record_was_deleted_are_found_by_their_flags(
+    tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]
+) -> None:
+    """`rm -rf` of the state folder while the cluster runs: `down` (or the next `up`) still stops it."""
+    state_dir = tmp_path / "dev-cluster"
+    code = "import sys, time; print('ready', flush=True); time.sleep(300)"
+    flagged = subprocess.Popen(
+        [sys.executable, "-c", code, f"--data-dir={state_dir / 'etcd'}"], start_new_session=True, stdout=subprocess.PIPE
+    )
+    sleepers.append(flagged)
+    assert flagged.stdout is not None and flagged.stdout.readline() == b"ready\n"
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", code, "--state", str(state_dir)], start_new_session=True, stdout=subprocess.PIPE
+    )
+    sleepers.append(bystander)
+    assert bystander.stdout is not None and bystander.stdout.readline() == b"ready\n"
+
+    assert [r.pid for r in devcluster.unrecorded_components(state_dir)] == [flagged.pid]
+    assert devcluster.teardown(state_dir) == [flagged.pid]
+    assert gone(flagged)
+    assert bystander.poll() is None

@@ -110,7 +110,7 @@ def stop_processes(records: Sequence[ProcessRecord], grace: float = STOP_GRACE) 
         time.sleep(0.05)
     for record in live:
         if is_running(record):
-            log.info("process did not stop on SIGTERM, killing pid=%s", record.pid)
+            log.debug("process did not stop on SIGTERM, killing pid=%s", record.pid)
             _signal_group(record.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(is_running(r) for r in live):
@@ -574,21 +574,41 @@ def _start_once(cluster: DevCluster, deadline: float) -> ClusterState:
     return starter.state
 
 
+def unrecorded_components(state_dir: Path) -> list[ProcessRecord]:
+    """Components of this folder's cluster that no record names (its cluster.json was deleted while it ran).
+
+    Recognised by a flag only the components started for this folder carry, so no other process matches.
+    """
+    flags = {
+        f"--data-dir={state_dir / 'etcd'}",
+        f"--cert-dir={state_dir / 'pki'}",
+        f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+        f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+        f"--kubeconfig={state_dir / 'node.kubeconfig'}",
+    }
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if flags.intersection(argv):
+            found.append(record_of(int(cmdline.parent.name)))
+    return [r for r in found if r.start_ticks >= 0]
+
+
 def teardown(state_dir: Path, remove: bool = True) -> list[int]:
-    """Stop every recorded process (the node agent and its pods first) and optionally delete the folder."""
-    state = load_state(state_dir)
+    """Stop every process of the folder's cluster (the node agent and its pods first); optionally delete the folder."""
+    state = load_state(state_dir) or ClusterState()
     stopped: list[int] = []
-    if state is not None:
-        agent = state.processes.get("node-agent")
-        if agent is not None:
-            stopped += stop_processes([agent])
-        # Pods the agent could not stop (it was killed, or stopped before them).
-        stopped += stop_processes(pod_process_records(state_dir), grace=5)
-        others = [state.processes[n] for n in reversed(COMPONENTS) if n in state.processes and n != "node-agent"]
-        # A throwaway control plane: no point waiting long for graceful shutdown (the API server may take 60s).
-        stopped += stop_processes(others, grace=3)
-    else:
-        stopped += stop_processes(pod_process_records(state_dir), grace=5)
+    agent = state.processes.get("node-agent")
+    if agent is not None:
+        stopped += stop_processes([agent])
+    # Pods the agent could not stop (it was killed, or stopped before them).
+    stopped += stop_processes(pod_process_records(state_dir), grace=5)
+    others = [state.processes[n] for n in reversed(COMPONENTS) if n in state.processes and n != "node-agent"]
+    # A throwaway control plane: no point waiting long for graceful shutdown (the API server may take 60s).
+    stopped += stop_processes(others + unrecorded_components(state_dir), grace=3)
     if remove:
         remove_state_dir(state_dir)
     return stopped
@@ -608,8 +628,8 @@ def up(
                 log.info("dev cluster already running state=%s", state_dir)
                 return cluster, False
             log.warning("stale dev cluster state from an earlier run, cleaning up state=%s", state_dir)
-        if state_dir.exists():
-            teardown(state_dir)
+        # Also when the folder is gone: its cluster may still run if someone deleted the folder under it.
+        teardown(state_dir)
         deadline = time.monotonic() + timeout
         attempts = 3
         for attempt in range(1, attempts + 1):
