@@ -218,6 +218,12 @@ def test_inconsistent_metrics_are_flagged(trials: list[TrialMetrics]) -> None:
     ]
 
 
+def test_repeated_trials_are_flagged(trials: list[TrialMetrics]) -> None:
+    base = next(t for t in trials if t.group == "baseline")
+    report = build_report([base, base.model_copy(update={"trial": "again"})])
+    assert "trials ref-baseline and again ran the same parameters and seed; both count in the means" in report.warnings
+
+
 def test_markdown_has_every_section(trials: list[TrialMetrics]) -> None:
     report = build_report(trials, failed={"ref-broken": "exit code 3: dataset unusable"})
     text = render_markdown(report, ["confusion-matrix.png", "group-learning-rate.png"])
@@ -279,3 +285,25 @@ def test_unreadable_metrics_are_reported_not_dropped(tmp_path: Path) -> None:
 def test_no_trials_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no trial results"):
         build_report([])
+
+
+def test_a_large_group_shows_its_best_configurations(trials: list[TrialMetrics]) -> None:
+    from lorasweep_operator.report.builder import MAX_GROUP_ROWS
+
+    base = next(t for t in trials if t.group == "baseline")
+    grid = []
+    for index in range(20):
+        params = base.params.model_copy(update={"learning_rate": 1e-6 * (index + 1)})
+        grid.append(
+            base.model_copy(
+                update={"trial": f"g{index:02d}", "group": "grid", "params": params, "val_accuracy": index / 30}
+            )
+        )
+    report = build_report([base, *grid])
+    (group,) = report.groups
+    assert len(group.rows) == MAX_GROUP_ROWS + 1  # the baseline and the best twelve
+    shown = {r.label for r in group.rows if not r.is_baseline}
+    assert shown == {c.label for c in report.ranked if not c.is_baseline}.intersection(shown)
+    assert min(r.val.mean for r in group.rows if not r.is_baseline) == 8 / 30
+    assert f"shows the {MAX_GROUP_ROWS} best of this group's 20 configurations" in group.finding
+    assert len(report.ranked) == 21

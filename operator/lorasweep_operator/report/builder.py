@@ -32,6 +32,7 @@ from lorasweep_trainer.results import TrialMetrics
 
 BASELINE = "baseline"
 TOP_K = 10
+MAX_GROUP_ROWS = 12
 OBJECTIVE_NAMES = {
     "val_accuracy": "validation accuracy",
     "val_macro_f1": "validation macro F1",
@@ -69,7 +70,7 @@ def build_report(
     ranked = sorted(configurations, key=lambda c: _rank_key(c, goal))
     best = ranked[0]
     baseline = next((c for c in configurations if c.is_baseline), None)
-    groups = sorted(_group_tables(configurations, baseline), key=lambda g: (-g.spread, g.name))
+    groups = sorted(_group_tables(ranked, baseline), key=lambda g: (-g.spread, g.name))
     seeds = sorted({t.params.seed for t in trials})
     methodology = _methodology(trials, ranked, groups, seeds, failed)
 
@@ -210,8 +211,9 @@ def _group_tables(configurations: Sequence[Configuration], baseline: Configurati
     )
     tables = []
     for name in names:
+        # `configurations` is ranked: a large grid or random group shows its best, the ranking has the rest.
         members = [c for c in configurations if c.group == name and not c.is_baseline]
-        rows_of = ([baseline] if baseline else []) + members
+        rows_of = ([baseline] if baseline else []) + members[:MAX_GROUP_ROWS]
         varied = [k for k in rows_of[0].params if len({json.dumps(c.params.get(k)) for c in rows_of}) > 1]
         rows_of.sort(key=lambda c: tuple(_sortable(c.params.get(k)) for k in varied))
         rows = [_group_row(c, baseline, varied) for c in rows_of]
@@ -222,7 +224,12 @@ def _group_tables(configurations: Sequence[Configuration], baseline: Configurati
                 varied=varied,
                 rows=rows,
                 spread=spread,
-                finding=_group_finding(rows),
+                finding=_group_finding(rows)
+                + (
+                    f" The table shows the {MAX_GROUP_ROWS} best of this group's {len(members)} configurations."
+                    if len(members) > MAX_GROUP_ROWS
+                    else ""
+                ),
                 noise=_group_noise(rows, baseline),
             )
         )
@@ -508,6 +515,11 @@ def _warnings(trials: Sequence[TrialMetrics], objective: ObjectiveMetric) -> lis
                     f"trial {t.trial}: the confusion matrix gives test accuracy {fmt.percent(correct / counted)} "
                     f"but test_accuracy is {fmt.percent(t.test_accuracy)}"
                 )
+    seen: dict[tuple[str, int], str] = {}
+    for t in trials:
+        twin = seen.setdefault((_param_key(t), t.params.seed), t.trial)
+        if twin != t.trial:
+            warnings.append(f"trials {twin} and {t.trial} ran the same parameters and seed; both count in the means")
     if len({_split_digest(t) for t in trials}) > 1:
         warnings.append("the trials did not all use the same train/val/test split; their accuracies are not comparable")
     return warnings
