@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -100,3 +101,26 @@ def test_interrupted_run_resumes_without_rerunning_finished_trials(tmp_path: Pat
     assert "**Trials:** 2 (2 configurations × 1 seed: 42)" in report
     assert f"report: {out / 'report' / 'report.md'}" in rerun.stdout
     assert os.access(out / "report" / "confusion-matrix.png", os.R_OK)
+
+
+def test_failed_trials_stop_the_sweep_with_their_reason(tmp_path: Path, clips: Path) -> None:
+    sweep = tiny_sweep(clips)
+    spec: dict[str, Any] = sweep["spec"]  # type: ignore[assignment]
+    spec["dataset"]["classes"] = {"sit_down": [8], "jumping": [27], "other": "rest"}  # no clip of action 27
+    spec["maxFailedTrials"] = 0
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(BIN / "lorasweep"), "run", str(path), "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "sweep resume: 0 succeeded, 1 failed" in done.stdout
+    assert "stopped launching after 1 failures (maxFailedTrials=0); 1 trial not run" in done.stdout
+    assert "dataset unusable: " in done.stdout and "jumping" in done.stdout
+    assert "no trial succeeded, so there is no report" in done.stdout
+    assert not (out / "report").exists()
+    assert len(list(out.glob("trials/*/trainer.log"))) == 1
