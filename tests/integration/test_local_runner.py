@@ -119,7 +119,7 @@ def test_failed_trials_stop_the_sweep_with_their_reason(tmp_path: Path, clips: P
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "sweep resume: 0 succeeded, 1 failed" in done.stdout
-    assert "stopped launching after 1 failures (maxFailedTrials=0); 1 trial not run" in done.stdout
+    assert "stopped launching after 1 failure (maxFailedTrials=0); 1 trial not run" in done.stdout
     assert "dataset unusable: " in done.stdout and "jumping" in done.stdout
     assert "no trial succeeded, so there is no report" in done.stdout
     assert not (out / "report").exists()

@@ -366,7 +366,7 @@ class LocalSweep:
         if self.too_many_failures():
             skipped = sum(t.state is State.PENDING for t in self.progress)
             self.say(
-                f"stopped launching after {len(self.failures)} failures (maxFailedTrials="
+                f"stopped launching after {plural(len(self.failures), 'failure')} (maxFailedTrials="
                 f"{self.manifest.spec.max_failed_trials}); {plural(skipped, 'trial')} not run"
             )
         for trial, reason in self.failures.items():
