@@ -102,7 +102,7 @@ def stop_processes(records: Sequence[ProcessRecord], grace: float = STOP_GRACE) 
 
     Every process was started in a session of its own, so its group holds it and its helpers.
     """
-    live = [r for r in records if is_running(r)]
+    live = list({r.pid: r for r in records if is_running(r)}.values())
     for record in live:
         _signal_group(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace

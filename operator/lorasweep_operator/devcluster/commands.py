@@ -86,7 +86,15 @@ def _up(state_dir: Path, timeout: float) -> int:
 def _status(state_dir: Path) -> int:
     state = cluster.load_state(state_dir)
     if state is None:
-        print(f"no dev cluster in {state_dir} (start one with `lorasweep dev up`)")
+        orphans = cluster.unrecorded_components(state_dir)
+        if orphans:
+            pids = " ".join(str(r.pid) for r in orphans)
+            print(
+                f"no dev cluster state in {state_dir}, but processes of one still run (pids {pids}); "
+                "stop them with `lorasweep dev down`"
+            )
+        else:
+            print(f"no dev cluster in {state_dir} (start one with `lorasweep dev up`)")
         return 1
     healthy = True
     ports = {
