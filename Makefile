@@ -23,6 +23,9 @@ install: $(VENV)/.installed
 # Builds etcd, the control plane, kubectl and helm once per machine (cached in ~/.cache/lorasweep).
 testbed: install
 	$(BIN)/lorasweep dev build
+	@# Prometheus (and promtool) from Debian's packages, for the dashboard tests; only when missing.
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
 
 lint: install
 	$(BIN)/ruff check operator trainer tests
