@@ -105,7 +105,10 @@ def test_script_builds_the_dockerfile_targets_and_installs_the_chart() -> None:
     assert "--target trainer --build-arg TRAINER_BASE=torch-cpu" in script and " AS torch-cpu" in dockerfile
     assert "helm upgrade --install lorasweep charts/lorasweep" in script
     assert "image.pullPolicy=Never" in script  # images loaded into kind are never pulled
-    assert "pytest tests/e2e" in script
+    assert 'kubectl apply -n "$system_namespace" -f deploy/samples/tiny-cpu-sweep.yaml' in script
+    sample = load_sweep_file(ROOT / "deploy" / "samples" / "tiny-cpu-sweep.yaml")
+    assert f"-t {sample.spec.image} ." in script, "the script builds the image the tiny sample runs"
+    assert f"lsw/{sample.name}" in script
 
 
 @pytest.mark.integration
