@@ -139,8 +139,8 @@ def metrics_exist(uri: str) -> bool:
 
 @dataclass(frozen=True)
 class RunOptions:
-    results: str = field(metadata={"doc": "folder or s3:// prefix: trials/<trial>/ and report/ go under it"})
-    state: Path = field(metadata={"doc": "local folder for the trainers' logs and scratch space"})
+    results: str  # folder or s3:// prefix: trials/<trial>/ and report/ go under it
+    state: Path  # local folder for the trainers' logs and scratch space (the results' folder when local)
     parallel: int = 1
     device: str = "auto"
     gpus: Sequence[str] = ()
