@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,9 @@ import pytest
 
 from lorasweep_operator.devcluster import binaries, pki
 from lorasweep_operator.devcluster import cluster as devcluster
+from lorasweep_operator.devcluster.cluster import wait_for
+
+__all__ = ["processes_running", "wait_for"]
 
 SESSIONS = "test-clusters"
 
@@ -101,16 +103,13 @@ def _namespace_name(test_name: str) -> str:
     return f"{base}-{uuid.uuid4().hex[:6]}"
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60, interval: float = 0.2) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def processes_running(text: str) -> list[int]:
+    """Pids of live processes with ``text`` in their argv (to check that a pod's process really ended)."""
+    return [
+        pid
+        for pid, argv in devcluster.process_argvs()
+        if any(text in arg for arg in argv) and devcluster.start_ticks(pid) is not None and pid != os.getpid()
+    ]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from fixtures_cluster import wait_for
+from fixtures_cluster import processes_running, wait_for
 from lorasweep_operator.devcluster import binaries
 
 pytestmark = pytest.mark.e2e
@@ -63,15 +62,22 @@ def pods_of(core: client.CoreV1Api, namespace: str, job_name: str) -> list[clien
     return core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
 
 
-def running_with_marker(marker: str) -> list[int]:
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker.encode() in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
+def pod_reader(namespace: str, account: str) -> list[dict[str, Any]]:
+    """A Role that may only `get` pods, bound to ``account``."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "pod-reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": f"pod-reader-{account}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+    return [role, binding]
 
 
 def test_job_completes_and_its_termination_message_is_readable(cluster: Any, api_client: Any, namespace: str) -> None:
@@ -129,14 +135,14 @@ def test_deleting_a_job_deletes_its_pod_and_stops_its_process(cluster: Any, api_
         lambda: any(p.status.phase == "Running" for p in pods_of(core, namespace, "sleeper")),
         timeout=60,
     )
-    assert running_with_marker(marker)
+    assert processes_running(marker)
 
     batch.delete_namespaced_job("sleeper", namespace, propagation_policy="Background")
 
     wait_for(
         "the garbage collector to delete the Job's pod", lambda: not pods_of(core, namespace, "sleeper"), timeout=90
     )
-    assert not running_with_marker(marker)
+    assert not processes_running(marker)
 
 
 def test_gpu_requests_schedule_against_node_capacity(cluster: Any, api_client: Any, namespace: str) -> None:
@@ -168,26 +174,13 @@ def test_gpu_requests_schedule_against_node_capacity(cluster: Any, api_client: A
 def test_restricted_serviceaccount_is_refused_what_its_role_does_not_grant(
     cluster: Any, api_client: Any, namespace: str, serviceaccount_kubeconfig: Any
 ) -> None:
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "pod-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "pod-reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-    }
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "target"},
         "spec": {"restartPolicy": "Never", "containers": [container(["python", "-c", "pass"])]},
     }
-    apply(cluster, namespace, role, binding, pod)
+    apply(cluster, namespace, *pod_reader(namespace, "reader"), pod)
     kubeconfig = serviceaccount_kubeconfig(namespace, "reader")
     restricted = config.new_client_from_config(config_file=str(kubeconfig))
     core, batch = client.CoreV1Api(restricted), client.BatchV1Api(restricted)
@@ -210,19 +203,6 @@ def test_pod_gets_a_kubeconfig_for_its_serviceaccount(cluster: Any, api_client: 
     """The operator runs as a pod: its process must reach the API server as its ServiceAccount."""
     core = client.CoreV1Api(api_client)
     account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator"}}
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "pod-reader"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "operator"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}],
-    }
     program = (
         "import os; from kubernetes import client, config; "
         "api = client.CoreV1Api(config.new_client_from_config()); "
@@ -233,7 +213,7 @@ def test_pod_gets_a_kubeconfig_for_its_serviceaccount(cluster: Any, api_client: 
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
-    apply(cluster, namespace, account, role, binding)
+    apply(cluster, namespace, account, *pod_reader(namespace, "operator"))
     apply(
         cluster,
         namespace,

@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_cluster import wait_for
+from fixtures_cluster import processes_running, wait_for
 from lorasweep_operator.devcluster import binaries
 from lorasweep_operator.devcluster import cluster as devcluster
 
 pytestmark = pytest.mark.integration
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return [pid for pid in found if devcluster.start_ticks(pid) is not None and pid != os.getpid()]
 
 
 def pod_json(dev: devcluster.DevCluster, name: str) -> dict[str, object]:
@@ -53,7 +42,7 @@ def test_up_survives_restarts_and_kills_and_down_leaves_nothing(tmp_path: Path) 
         program = f"import time; time.sleep(600)  # {marker}"
         dev.kubectl("run", "long", "--image=x", "--restart=Never", "--command", "--", "python", "-c", program)
         wait_for("the pod to run", lambda: pod_json(dev, "long")["status"].get("phase") == "Running")  # type: ignore[attr-defined]
-        assert processes_mentioning(marker)
+        assert processes_running(marker)
         agent = dev.state.processes["node-agent"]
         argv = Path(f"/proc/{agent.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
         os.kill(agent.pid, signal.SIGKILL)
@@ -70,7 +59,7 @@ def test_up_survives_restarts_and_kills_and_down_leaves_nothing(tmp_path: Path) 
         pod = wait_for("the orphaned pod to be reported failed", failed, timeout=60)
         terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]  # type: ignore[index]
         assert terminated["exitCode"] == 137 and "restarted" in terminated["message"]
-        assert not processes_mentioning(marker)
+        assert not processes_running(marker)
 
         # A run killed hard (the API server and etcd gone, the rest still up): `up` sees stale state,
         # stops what is left and starts a fresh cluster.
@@ -88,4 +77,4 @@ def test_up_survives_restarts_and_kills_and_down_leaves_nothing(tmp_path: Path) 
         devcluster.down(state_dir)
     time.sleep(0.2)
     assert not state_dir.exists()
-    assert processes_mentioning(str(state_dir)) == []
+    assert processes_running(str(state_dir)) == []

@@ -26,10 +26,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -37,6 +37,7 @@ from lorasweep_operator.devcluster import binaries as binaries_module
 from lorasweep_operator.devcluster import pki as pki_module
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATE_FILE = "cluster.json"
 MARKER = ".lorasweep-dev-state"
@@ -418,16 +419,24 @@ def _component_argv(cluster: DevCluster, name: str, ports: dict[str, int]) -> li
             "--profiling=false",
             "--v=0",
         ]
-    if name == "kube-controller-manager":
-        kubeconfig = str(state / "controller-manager.kubeconfig")
-        return [
-            str(b.path("kube-controller-manager")),
+    if name in ("kube-controller-manager", "kube-scheduler"):
+        stem = name.removeprefix("kube-")
+        kubeconfig = str(state / f"{stem}.kubeconfig")
+        common = [
+            str(b.path(name)),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={ports['controller_manager']}",
+            f"--secure-port={ports[stem.replace('-', '_')]}",
             "--leader-elect=false",
+            "--profiling=false",
+            "--v=0",
+        ]
+        if name == "kube-scheduler":
+            return common
+        return [
+            *common,
             "--use-service-account-credentials=true",
             f"--root-ca-file={pki.ca_cert}",
             f"--service-account-private-key-file={pki.sa_key}",
@@ -438,21 +447,6 @@ def _component_argv(cluster: DevCluster, name: str, ports: dict[str, int]) -> li
             # alone spaces the controllers' starts 150 ms apart (seconds in all).
             "--kube-api-qps=200",
             "--kube-api-burst=400",
-            "--profiling=false",
-            "--v=0",
-        ]
-    if name == "kube-scheduler":
-        kubeconfig = str(state / "scheduler.kubeconfig")
-        return [
-            str(b.path("kube-scheduler")),
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={ports['scheduler']}",
-            "--leader-elect=false",
-            "--profiling=false",
-            "--v=0",
         ]
     if name == "node-agent":
         return [
@@ -574,6 +568,28 @@ def _start_once(cluster: DevCluster, deadline: float) -> ClusterState:
     return starter.state
 
 
+def process_argvs() -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of every process this user can see."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")[:-1]
+        except OSError:
+            continue
+        yield int(cmdline.parent.name), argv
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60, interval: float = 0.2) -> T:
+    """Poll ``probe`` until it returns something truthy and return that; TimeoutError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 def unrecorded_components(state_dir: Path) -> list[ProcessRecord]:
     """Components of this folder's cluster that no record names (its cluster.json was deleted while it ran).
 
@@ -586,14 +602,7 @@ def unrecorded_components(state_dir: Path) -> list[ProcessRecord]:
         f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
         f"--kubeconfig={state_dir / 'node.kubeconfig'}",
     }
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if flags.intersection(argv):
-            found.append(record_of(int(cmdline.parent.name)))
+    found = [record_of(pid) for pid, argv in process_argvs() if flags.intersection(argv)]
     return [r for r in found if r.start_ticks >= 0]
 
 
