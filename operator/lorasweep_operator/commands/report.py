@@ -16,6 +16,7 @@ EXIT_NOTHING = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "exit codes: 0 written, 1 no readable metrics.json under SOURCE, 2 usage"
     from lorasweep_trainer.config import ObjectiveMetric
 
     parser.add_argument("source", metavar="SOURCE", help="folder or s3:// prefix holding <trial>/metrics.json files")

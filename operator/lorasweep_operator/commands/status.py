@@ -19,6 +19,7 @@ EXIT_UNREACHABLE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "exit codes: 0 shown, 1 no such sweep, 3 the cluster is unreachable or refused the read"
     parser.add_argument("name", metavar="NAME", help="the LoraSweep's name")
     parser.add_argument("-n", "--namespace", default="default", help="the sweep's namespace (default: default)")
 

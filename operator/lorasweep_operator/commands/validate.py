@@ -21,6 +21,7 @@ EXIT_INVALID = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "exit codes: 0 valid (prints the trial table), 1 invalid (prints every problem), 2 usage"
     parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="a LoraSweep manifest")
     parser.add_argument("-n", "--namespace", default="default", help="namespace when the file names none")
 

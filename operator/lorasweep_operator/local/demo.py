@@ -22,6 +22,7 @@ CLIPS_PER_ACTION = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "exit codes as for `lorasweep run`; run it again to resume an interrupted demo"
     parser.add_argument(
         "--dir",
         type=Path,

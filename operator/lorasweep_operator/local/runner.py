@@ -42,6 +42,10 @@ LOCAL_STATE = Path("runs")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "exit codes: 0 every trial succeeded and the report is written; 1 some trials failed (the report covers "
+        "the rest); 2 the sweep file is invalid; 130 interrupted (run the same command again to resume)"
+    )
     parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="a LoraSweep manifest, as for kubectl apply")
     parser.add_argument(
         "-p",
