@@ -27,6 +27,10 @@ How a container maps onto this machine (no images are pulled, there is no contai
   ``workingDir``, securityContext users and resource limits are not applied. The pod IP is 127.0.0.1.
 - A pod with a ServiceAccount token mounted (automount on) gets a kubeconfig holding a token bound to the
   pod (TokenRequest), named by ``KUBECONFIG``; kopf and the kubernetes client read it.
+- Networking is the host's: every pod is 127.0.0.1 and shares its ports (two pods listening on one port
+  collide), Service ClusterIPs and cluster DNS names do not resolve (point clients at 127.0.0.1:PORT).
+- Not done: probes (a running container is Ready), ``kubectl exec``/``port-forward``, volumes, pod-level
+  ``activeDeadlineSeconds``, running as another user (processes run as the agent's user).
 """
 
 from __future__ import annotations
