@@ -27,6 +27,7 @@ import pytest
 import yaml
 from test_helm_install import (
     CHART,
+    answer,
     create_secret,
     free_port,
     get_sweep,
@@ -236,7 +237,7 @@ def prometheus(folder: Path, targets: Path) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until("Prometheus to be ready", lambda: _ready(url, process, folder), 60, interval=0.5)
+        wait_until("Prometheus to be ready", lambda: _ready(port, process, folder), 60, interval=0.5)
         yield url
     finally:
         process.terminate()
@@ -248,14 +249,10 @@ def prometheus(folder: Path, targets: Path) -> Iterator[str]:
         log.close()
 
 
-def _ready(url: str, process: subprocess.Popen[bytes], folder: Path) -> bool:
+def _ready(port: int, process: subprocess.Popen[bytes], folder: Path) -> bool:
     if process.poll() is not None:
         raise AssertionError(f"prometheus exited: {(folder / 'prometheus.log').read_text()[-3000:]}")
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+    return answer(port, "/-/ready") is not None
 
 
 def query_range(url: str, expr: str, start: float, end: float) -> dict[str, Any]:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from lorasweep_operator.devcluster.cluster import free_ports, wait_for
 from lorasweep_operator.spec import GROUP, PLURAL, VERSION
 from lorasweep_trainer.results import METRICS_SCHEMA
 
@@ -40,21 +39,15 @@ pytestmark = pytest.mark.e2e
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def wait_until(what: str, probe: Any, timeout: float, interval: float = 1.0, diagnose: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = f"\n{diagnose()}" if diagnose else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        time.sleep(interval)
+    """`wait_for`, and on timeout what `diagnose()` says about the cluster's state."""
+    try:
+        return wait_for(what, probe, timeout, interval)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}\n{diagnose() if diagnose else ''}") from None
 
 
 def answer(port: int, path: str) -> str | None:

@@ -100,7 +100,7 @@ def test_renders_with_standard_labels_and_valid_names(render: Render, values: Pa
         if obj["kind"] == "CustomResourceDefinition":
             continue
         labels = meta.get("labels", {})
-        assert STANDARD_LABELS <= set(labels), f"{where} lacks {STANDARD_LABELS - set(labels)}"
+        assert set(labels) >= STANDARD_LABELS, f"{where} lacks {STANDARD_LABELS - set(labels)}"
         for key, value in labels.items():
             assert LABEL_VALUE.match(str(value)), f"{where}: label {key}={value!r} is not a valid label value"
 
