@@ -124,3 +124,26 @@ def test_failed_trials_stop_the_sweep_with_their_reason(tmp_path: Path, clips: P
     assert "no trial succeeded, so there is no report" in done.stdout
     assert not (out / "report").exists()
     assert len(list(out.glob("trials/*/trainer.log"))) == 1
+
+
+def test_trials_die_with_a_killed_runner(tmp_path: Path, clips: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(tiny_sweep(clips)))
+    out = tmp_path / "out"
+    runner = subprocess.Popen(
+        [str(BIN / "lorasweep"), "run", str(sweep), "--out", str(out), "--device", "cpu"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not processes_using(out):  # a trainer has started: its env (TMPDIR) names the folder
+        assert runner.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    runner.kill()  # SIGKILL: no handler runs, no chance to stop the trials
+    runner.wait()
+    deadline = time.monotonic() + 30
+    while processes_using(out):
+        assert time.monotonic() < deadline, f"orphaned trainer processes: {processes_using(out)}"
+        time.sleep(0.2)
+    # Stopped, not left to finish on its own: an orphan would have gone on to write its metrics.json.
+    assert not list(out.glob("trials/*/metrics.json"))

@@ -137,3 +137,18 @@ def test_demo_sweep_is_a_valid_four_trial_sweep(tmp_path: Path) -> None:
     assert manifest.spec.dataset.source == f"{tmp_path / 'clips'}/"
     assert manifest.spec.model.preset == "tiny"
     assert len(plan(manifest.spec, manifest.name)) == 4
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / "run.lock").open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        assert main(["run", str(DEMO_SWEEP), "--out", str(out)]) == 3
+    assert f"another `lorasweep run` (pid {os.getpid()}) is working in {out}" in capsys.readouterr().err
+    assert not (out / "trials").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -35,16 +36,19 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_TRIALS_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_BUSY = 3
 EXIT_INTERRUPTED = 130
 STOP_GRACE_SECONDS = 20.0
 POLL_SECONDS = 0.5
 LOCAL_STATE = Path("runs")
+LOCK_FILE = "run.lock"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "exit codes: 0 every trial succeeded and the report is written; 1 some trials failed (the report covers "
-        "the rest); 2 the sweep file is invalid; 130 interrupted (run the same command again to resume)"
+        "the rest); 2 the sweep file is invalid; 3 another `lorasweep run` is working in the same folder; "
+        "130 interrupted (run the same command again to resume)"
     )
     parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="a LoraSweep manifest, as for kubectl apply")
     parser.add_argument(
@@ -194,6 +198,24 @@ class LocalSweep:
     # --- the loop ---------------------------------------------------------------------------------------
 
     def run(self) -> int:
+        self.options.state.mkdir(parents=True, exist_ok=True)
+        with (self.options.state / LOCK_FILE).open("a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                print(
+                    f"lorasweep run: another `lorasweep run` (pid {lock.read().strip() or '?'}) is working in "
+                    f"{self.options.state}; wait for it or stop it (Ctrl-C) first",
+                    file=sys.stderr,
+                )
+                return EXIT_BUSY
+            lock.truncate(0)
+            lock.write(str(os.getpid()))
+            lock.flush()
+            return self.run_locked()
+
+    def run_locked(self) -> int:
         name = self.manifest.name
         for t in self.progress:
             if metrics_exist(self.metrics_uri(t.trial)):
@@ -266,6 +288,7 @@ class LocalSweep:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop the trials in order
+                preexec_fn=_die_with_parent,
             )
             t.state, t.started, t.epoch, t.val_accuracy = State.RUNNING, time.monotonic(), 0, None
             self.running[t.trial] = Running(progress=t, process=process, folder=folder, log=log, gpu=gpu)
@@ -414,6 +437,15 @@ class LocalSweep:
         if self.interactive and self.drawn:
             self.out.write(f"\x1b[{self.drawn}F\x1b[J")
             self.drawn = 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the runner dies, even by SIGKILL, so no trial is orphaned."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def plural(count: int, noun: str) -> str:
