@@ -8,6 +8,7 @@ package set each target's install command resolves from requirements.lock (with 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -216,3 +217,52 @@ def test_dockerignore_allows_only_what_the_images_install() -> None:
             if "--from" not in args:
                 copied.update(part.rstrip("/") for part in shlex.split(args)[:-1])
     assert copied <= allowed, f"COPY of paths the context excludes: {copied - allowed}"
+
+
+def test_operator_stage_commands_install_a_working_operator(tmp_path: Path) -> None:
+    """The operator stage's own RUN commands, replayed in a fresh Python 3.11 environment on the build context.
+
+    What the base image gives (a Python on PATH) is a virtual environment here; `--system` is dropped so uv
+    installs into it. `useradd` is not replayed (it would change this machine's users). The result must
+    run `lorasweep operator` and hold no torch.
+    """
+    uv = shutil.which("uv", path=str(BIN)) or shutil.which("uv")
+    assert uv, "uv is missing: `make install` installs it"
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "requirements.lock", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    for folder in ("operator", "trainer"):
+        shutil.copytree(ROOT / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    venv = tmp_path / "venv"
+    subprocess.run([uv, "venv", "--quiet", "--python", "3.11", str(venv)], check=True, capture_output=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "VIRTUAL_ENV": str(venv)}
+    replayed = 0
+    for args in parse(DOCKERFILE.read_text())[1]["operator"].all("RUN"):
+        tokens = [token for token in shlex.split(args) if not token.startswith("--mount=")]
+        commands: list[list[str]] = [[]]
+        for token in tokens:
+            if token == "&&":
+                commands.append([])
+            else:
+                commands[-1].append(token)
+        for command in commands:
+            if command[0] == "uv":
+                command = [uv, *(token for token in command[1:] if token != "--system")]
+            elif command[0] != "python":
+                continue
+            offline = [*command, "--offline"] if command[0] == uv else command
+            result = subprocess.run(offline, cwd=context, env=env, capture_output=True, text=True, check=False)
+            if result.returncode != 0 and command[0] == uv:  # a cold uv cache: the same command, online
+                result = subprocess.run(command, cwd=context, env=env, capture_output=True, text=True, check=False)
+            assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
+            replayed += 1
+    assert replayed == 3, "two installs and the no-torch check"
+    entrypoint = json.loads(parse(DOCKERFILE.read_text())[1]["operator"].last("ENTRYPOINT"))
+    result = subprocess.run(
+        [str(venv / "bin" / entrypoint[0]), *entrypoint[1:], "--help"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "--metrics-port" in result.stdout, result.stderr
+    probe = "import importlib.util as u, lorasweep_operator.handlers; print(u.find_spec('torch') is None)"
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True)
+    assert result.stdout.strip() == "True", result.stderr
