@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import string
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -219,12 +220,12 @@ def test_dockerignore_allows_only_what_the_images_install() -> None:
     assert copied <= allowed, f"COPY of paths the context excludes: {copied - allowed}"
 
 
-def test_operator_stage_commands_install_a_working_operator(tmp_path: Path) -> None:
-    """The operator stage's own RUN commands, replayed in a fresh Python 3.11 environment on the build context.
+def replay(target: str, tmp_path: Path, base: tuple[str, ...] = ()) -> tuple[Path, dict[str, str]]:
+    """A stage's own RUN commands, replayed in a fresh Python 3.11 environment on the build context.
 
-    What the base image gives (a Python on PATH) is a virtual environment here; `--system` is dropped so uv
-    installs into it. `useradd` is not replayed (it would change this machine's users). The result must
-    run `lorasweep operator` and hold no torch.
+    What the base image gives is a virtual environment here (with `base` packages installed first, as the
+    trainer's torch base would hold them); `--system` is dropped so uv installs into it. Commands other than
+    uv and python (`useradd`) are not replayed: they would change this machine.
     """
     uv = shutil.which("uv", path=str(BIN)) or shutil.which("uv")
     assert uv, "uv is missing: `make install` installs it"
@@ -236,28 +237,43 @@ def test_operator_stage_commands_install_a_working_operator(tmp_path: Path) -> N
         shutil.copytree(ROOT / folder, context / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     venv = tmp_path / "venv"
     subprocess.run([uv, "venv", "--quiet", "--python", "3.11", str(venv)], check=True, capture_output=True)
-    env = {**os.environ, "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "VIRTUAL_ENV": str(venv)}
-    replayed = 0
-    for args in parse(DOCKERFILE.read_text())[1]["operator"].all("RUN"):
+    # Hard links from uv's cache keep torch's gigabytes from being copied.
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "VIRTUAL_ENV": str(venv), "UV_LINK_MODE": "hardlink"}
+    env.update(dockerfile_args(target))
+    commands: list[list[str]] = [["uv", "pip", "install", "-c", "requirements.lock", *base]] if base else []
+    for args in parse(DOCKERFILE.read_text())[1][target].all("RUN"):
         tokens = [token for token in shlex.split(args) if not token.startswith("--mount=")]
-        commands: list[list[str]] = [[]]
+        commands.append([])
         for token in tokens:
             if token == "&&":
                 commands.append([])
             else:
                 commands[-1].append(token)
-        for command in commands:
-            if command[0] == "uv":
-                command = [uv, *(token for token in command[1:] if token != "--system")]
-            elif command[0] != "python":
-                continue
-            offline = [*command, "--offline"] if command[0] == uv else command
-            result = subprocess.run(offline, cwd=context, env=env, capture_output=True, text=True, check=False)
-            if result.returncode != 0 and command[0] == uv:  # a cold uv cache: the same command, online
-                result = subprocess.run(command, cwd=context, env=env, capture_output=True, text=True, check=False)
-            assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
-            replayed += 1
-    assert replayed == 3, "two installs and the no-torch check"
+    for command in commands:
+        if command[0] == "uv":
+            command = [uv, *(token for token in command[1:] if token != "--system")]
+        elif command[0] != "python":
+            continue
+        command = [string.Template(token).safe_substitute(env) for token in command]  # as /bin/sh -c would
+        offline = [*command, "--offline"] if command[0] == uv else command
+        result = subprocess.run(offline, cwd=context, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0 and command[0] == uv:  # a cold uv cache: the same command, online
+            result = subprocess.run(command, cwd=context, env=env, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
+    return venv, env
+
+
+def dockerfile_args(target: str) -> dict[str, str]:
+    """The ARG defaults a stage declares (they are environment variables while its RUNs execute)."""
+    return {
+        args.partition("=")[0]: args.partition("=")[2]
+        for args in parse(DOCKERFILE.read_text())[1][target].all("ARG")
+        if "=" in args
+    }
+
+
+def test_operator_stage_commands_install_a_working_operator(tmp_path: Path) -> None:
+    venv, env = replay("operator", tmp_path)
     entrypoint = json.loads(parse(DOCKERFILE.read_text())[1]["operator"].last("ENTRYPOINT"))
     result = subprocess.run(
         [str(venv / "bin" / entrypoint[0]), *entrypoint[1:], "--help"], env=env, capture_output=True, text=True
@@ -266,3 +282,40 @@ def test_operator_stage_commands_install_a_working_operator(tmp_path: Path) -> N
     probe = "import importlib.util as u, lorasweep_operator.handlers; print(u.find_spec('torch') is None)"
     result = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr
+
+
+def test_trainer_stage_commands_install_a_trainer_that_runs_a_trial(tmp_path: Path) -> None:
+    """On the torch base (torch and torchvision at the pins), the trainer stage's installs run a tiny trial
+    on CPU from synthetic clips: the image's package set is complete without the dev extra."""
+    pins = dict(line.split("==") for line in (ROOT / "requirements-pins.txt").read_text().split() if "==" in line)
+    venv, env = replay("trainer", tmp_path, base=(f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}"))
+    clips = tmp_path / "clips"
+    synth = [str(BIN / "lorasweep-trainer"), "synth", str(clips), "--actions", "8,9,23", "--clips-per-action", "4"]
+    subprocess.run(synth, check=True, capture_output=True)  # OpenCV is a dev dependency: the repo's venv makes them
+    from lorasweep_trainer.config import TERMINATION_LOG_ENV, TRIAL_ENV, DatasetConfig, ModelConfig, TrialConfig
+
+    trial = TrialConfig(
+        sweep="image-check",
+        trial="t1",
+        model=ModelConfig(name="tiny", preset="tiny", frames_per_clip=4),
+        dataset=DatasetConfig(
+            source=str(clips), classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videos_per_class=4
+        ),
+        output=str(tmp_path / "out") + "/",
+        device="cpu",
+        metrics_port=0,
+    ).model_copy(update={"training": TrialConfig.model_fields["training"].default.model_copy(update={"epochs": 1})})
+    entrypoint = json.loads(parse(DOCKERFILE.read_text())[1]["trainer"].last("ENTRYPOINT"))
+    command = json.loads(parse(DOCKERFILE.read_text())[1]["trainer"].last("CMD"))
+    run_env = {
+        **env,
+        TRIAL_ENV: trial.model_dump_json(by_alias=True),
+        TERMINATION_LOG_ENV: str(tmp_path / "termination"),
+    }
+    result = subprocess.run(
+        [str(venv / "bin" / entrypoint[0]), *command], env=run_env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((tmp_path / "termination").read_text())
+    assert summary["status"] == "Succeeded"
+    assert (tmp_path / "out" / "metrics.json").exists()
