@@ -307,3 +307,19 @@ def test_a_large_group_shows_its_best_configurations(trials: list[TrialMetrics])
     assert min(r.val.mean for r in group.rows if not r.is_baseline) == 8 / 30
     assert f"shows the {MAX_GROUP_ROWS} best of this group's 20 configurations" in group.finding
     assert len(report.ranked) == 21
+
+
+def test_publish_limits_the_report_to_the_named_trials(tmp_path: Path) -> None:
+    uri = publish_sweep_report(
+        str(REFERENCE),
+        str(tmp_path),
+        "val_accuracy",
+        sweep="phase1",
+        failed={"ref-gone": "DatasetUnusable: no clips of action 27"},
+        trials=["ref-baseline", "ref-lr-1e-3"],
+    )
+    text = Path(uri).read_text()
+    assert text.startswith("# Sweep report: phase1\n")
+    assert "**Trials:** 2 (2 configurations × 1 seed: 42)" in text
+    assert "ref-gone (DatasetUnusable: no clips of action 27)" in text
+    assert "Rank=64" not in text
