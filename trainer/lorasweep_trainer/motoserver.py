@@ -12,12 +12,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class MotoServer:
     startup_timeout: float = 30.0
     endpoint_url: str = ""
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def env(self) -> dict[str, str]:
@@ -67,17 +69,20 @@ class MotoServer:
         for _attempt in range(5):
             port = _free_port()
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            # moto logs every request to stderr: a file, not a pipe nobody drains (a full pipe blocks the server).
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; closed in stop()
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=self._log,
                 env=env,
             )
             self.endpoint_url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
-                    last_error = (self._process.stderr.read() if self._process.stderr else b"").decode(errors="replace")
+                    self._log.seek(0)
+                    last_error = self._log.read().decode(errors="replace")
                     break
                 try:
                     with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=2):
@@ -100,9 +105,10 @@ class MotoServer:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(timeout=10)
-        if self._process.stderr:
-            self._process.stderr.close()
         self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> MotoServer:
         return self.start()
