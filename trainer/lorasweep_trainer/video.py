@@ -47,8 +47,14 @@ def decode(data: bytes, sampler: Sampler) -> np.ndarray:
     except CorruptClip:
         raise
     except (RuntimeError, decord.DECORDError, ValueError, IndexError) as error:
-        raise CorruptClip(str(error).splitlines()[0][:300] if str(error) else type(error).__name__) from error
+        raise CorruptClip(_printable(str(error)) or type(error).__name__) from error
     return frames
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    # decord quotes the file's first bytes in its errors: keep log lines and metrics.json plain text.
+    cleaned = "".join(char if char.isprintable() and char.isascii() else "?" for char in " ".join(text.split()))
+    return cleaned[:limit]
 
 
 @dataclass(frozen=True)
