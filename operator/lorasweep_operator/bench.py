@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorasweep_operator.devcluster import cluster as devcluster
+from lorasweep_operator.devcluster.cluster import free_ports, wait_for
 from lorasweep_operator.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +61,6 @@ class Result:
 
 @contextlib.contextmanager
 def dev_cluster() -> Iterator[Any]:
-    from lorasweep_operator.devcluster import cluster as devcluster
-
     named = os.environ.get("KUBECONFIG")
     found = devcluster.find(Path(named)) if named else None
     if found is not None:
@@ -116,25 +116,6 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def wait(what: str, probe: Any, timeout: float = 300, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
     from kubernetes import client
 
@@ -142,8 +123,8 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     namespace = f"bench-{size}-{int(time.time())}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    wait("the default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items, 60, 0.2)
-    metrics_port = free_port()
+    wait_for("the default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items, 60, 0.2)
+    (metrics_port,) = free_ports(1)
     log = (work / f"operator-{size}.log").open("wb")
     argv = [
         str(Path(sys.executable).with_name("lorasweep")), "operator", "--namespace", namespace,
@@ -151,7 +132,7 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
     ]  # fmt: skip
     operator = subprocess.Popen(argv, env={**os.environ, "KUBECONFIG": str(dev.kubeconfig)}, stdout=log, stderr=log)
     try:
-        wait("the operator's metrics", lambda: _answers(metrics_port), 60, 0.1)
+        wait_for("the operator's metrics", lambda: _answers(metrics_port), 60, 0.1)
         time.sleep(1.0)  # kopf's watch streams start after its start-up handlers
         selector = "lorasweep.dev/sweep=bench"
 
@@ -159,9 +140,11 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, sweep("bench", namespace, size, parallelism)
         )
-        wait(
+        wait_for(
             "the first Jobs",
             lambda: len(batch.list_namespaced_job(namespace, label_selector=selector).items) >= parallelism,
+            timeout=300,
+            interval=0.01,
         )
         launch = time.monotonic() - started
 
@@ -178,8 +161,8 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
             body: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "bench")  # type: ignore[assignment]
             return bool(((body.get("status") or {}).get("counts") or {}).get("succeeded"))
 
-        seen = wait("a finished trial", completed, 120)
-        wait("the status to count it", counted, 120)
+        seen = wait_for("a finished trial", completed, 120, 0.01)
+        wait_for("the status to count it", counted, 120, 0.01)
         status_latency = time.monotonic() - seen
         time.sleep(1.0)
         totals = scrape(metrics_port)
