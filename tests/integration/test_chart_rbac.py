@@ -223,3 +223,34 @@ def test_api_server_grants_exactly_these_rules(cluster: Any, namespace: str, ser
     # Namespaced mode grants nothing outside the watched namespace.
     assert not may("list", "jobs", "batch", where="default")
     assert not may("watch", PLURAL, GROUP, where="kube-system")
+
+
+@pytest.mark.integration
+def test_cluster_mode_grants_the_same_rules_in_every_namespace(
+    cluster: Any, namespace: str, serviceaccount_kubeconfig: Any
+) -> None:
+    """Cluster mode for real: the ClusterRole and its binding (named after this test's namespace, removed after)."""
+    release = f"rbac-{namespace}"[:40]
+    helm = binaries.ensure().path("helm")
+    command = [str(helm), "template", release, str(CHART), "--namespace", namespace, *KUBE_VERSION]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    objects = [doc for doc in yaml.safe_load_all(out) if doc]
+    rbac = [obj for obj in objects if obj["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}]
+    cluster_scoped = [obj for obj in rbac if obj["kind"] != "ServiceAccount"]
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    try:
+        account = next(obj["metadata"]["name"] for obj in rbac if obj["kind"] == "ServiceAccount")
+        token = serviceaccount_kubeconfig(namespace, account)
+        (rules,) = operator_rules(objects, "ClusterRole")
+        for where in (namespace, "default"):
+            for group, resource, verb in sorted(flatten(rules)):
+                name, _, subresource = resource.partition("/")
+                target = f"{name}.{group}" if group else name
+                assert can(cluster, token, where, verb, target, subresource), f"{verb} {resource} in {where}"
+            assert not can(cluster, token, where, "delete", "jobs.batch")
+            assert not can(cluster, token, where, "get", "secrets")
+    finally:
+        cluster.kubectl(
+            "delete", "-f", "-", "--ignore-not-found", input=yaml.safe_dump_all(cluster_scoped), check=False
+        )
