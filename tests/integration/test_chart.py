@@ -103,6 +103,15 @@ def test_renders_with_standard_labels_and_valid_names(render: Render, values: Pa
         assert set(labels) >= STANDARD_LABELS, f"{where} lacks {STANDARD_LABELS - set(labels)}"
         for key, value in labels.items():
             assert LABEL_VALUE.match(str(value)), f"{where}: label {key}={value!r} is not a valid label value"
+        assert labels["app.kubernetes.io/version"], f"{where}: empty version label"
+
+
+def test_version_label_is_the_image_tag_or_the_app_version(render: Render) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    (deployment,) = by_kind(render(), "Deployment")
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == chart["appVersion"]
+    (deployment,) = by_kind(render(sets=("image.tag=1.2.3+cu128",)), "Deployment")
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "1.2.3_cu128"
 
 
 def test_long_names_are_cut_to_63_characters(render: Render) -> None:

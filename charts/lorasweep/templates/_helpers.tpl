@@ -39,7 +39,7 @@ app.kubernetes.io/component: operator
 {{- define "lorasweep.labels" -}}
 helm.sh/chart: {{ include "lorasweep.chart" . }}
 {{ include "lorasweep.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | regexReplaceAll "[^-A-Za-z0-9_.]" "_" | trunc 63 | trimAll "-_." | quote }}
+app.kubernetes.io/version: {{ regexReplaceAll "[^-A-Za-z0-9_.]" (.Values.image.tag | default .Chart.AppVersion) "_" | trunc 63 | trimAll "-_." | quote }}
 app.kubernetes.io/part-of: lorasweep
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
