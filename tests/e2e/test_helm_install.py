@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from lorasweep_operator.devcluster.cluster import free_ports, wait_for
-from lorasweep_operator.spec import GROUP, PLURAL, VERSION
+from lorasweep_operator.spec import GROUP, PLURAL
 from lorasweep_trainer.results import METRICS_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,7 +200,9 @@ def test_helm_install_runs_the_tiny_sample_sweep(cluster: Any, namespace: str, s
         operator_log = cluster.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
         assert "operator starting" in operator_log
 
-    # Uninstalling the chart keeps the CRD (Helm never deletes crds/), so sweeps and their status survive.
+    # Uninstalling the chart removes the operator but keeps the CRD (Helm never deletes crds/), so sweeps,
+    # their status and their finished Jobs survive.
+    remaining = cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split()
+    assert remaining == []
     sweep = get_sweep(cluster, namespace, manifest["metadata"]["name"])
-    assert sweep["status"]["phase"] == "Succeeded"
-    assert VERSION in sweep["apiVersion"]
+    assert sweep["status"]["phase"] == "Succeeded" and sweep["status"]["counts"]["succeeded"] == 2
