@@ -28,7 +28,8 @@ from lorasweep_trainer.synth import SynthSpec, clip_name, write_dataset
 pytestmark = pytest.mark.integration
 
 SEED = int(os.environ.get("LORASWEEP_TEST_SEED", "42"))
-CLASSES = {"right": [1], "left": [2], "up": [3], "other": "rest"}  # rest: down (4) and still (6)
+# synth.MOTIONS[action % 8]: 1 moves left, 2 up, 3 down; the rest class holds 4 (down-right) and 6 (still).
+CLASSES = {"left": [1], "up": [2], "down": [3], "other": "rest"}
 VIDEOS_PER_CLASS = 24
 GIT_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -126,7 +127,7 @@ def trial(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trial
     storage.reset_client()
     spec = SynthSpec(actions=(1, 2, 3, 4, 6), clips_per_action=VIDEOS_PER_CLASS, frames=8, corrupt=1, seed=SEED)
     clips = write_dataset(spec, f"s3://{bucket}/nturgbd_rgb/")
-    # The synth corrupts the last clip of the first action: a clip of class "right", so it is surely selected.
+    # The synth corrupts the last clip of the first action: a clip of class "left", so it is surely selected.
     corrupt_uri = next(uri for uri in clips if uri.endswith(clip_name(1, VIDEOS_PER_CLASS - 1).filename()))
     output = f"s3://{bucket}/sweeps/team-a/synthetic/trials/lr-0/"
     port = free_port()
@@ -297,5 +298,5 @@ def test_dataset_missing_a_class_exits_3(s3_server, s3_bucket: str, tmp_path: Pa
     assert returncode == 3, stderr[-4000:]
     summary = TerminationSummary.decode(termination.read_text())
     assert summary.status == "Failed" and summary.reason == "DatasetUnusable"
-    assert "no clips for class(es) ['up']" in (summary.message or "")
+    assert "no clips for class(es) ['down']" in (summary.message or "")
     assert not list(storage.list_objects(f"s3://{s3_bucket}/out/"))

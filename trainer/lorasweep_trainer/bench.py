@@ -2,8 +2,9 @@
 
 1. Data path, per clip size (synthetic 1920x1080 clips like NTU's, and small 64x48 clips), against a moto S3
    server it starts on loopback, with this process pinned to one CPU core and torch on one thread:
-   S3 GET only; GET + decord decode of 8 frames; GET + decode + V-JEPA2 preprocessing (the trainer's
-   ClipLoader with one I/O thread, crop 256).
+   S3 GET only; GET + decord decode of 8 frames at full size, and scaled while decoding to the processor's
+   resize size (what the trainer does); GET + decode + V-JEPA2 preprocessing (the trainer's ClipLoader with one
+   I/O thread, crop 256).
 2. Tiny-model training steps per second on CPU (batch 1, LoRA defaults, data already in memory), on one
    thread and on every available core.
 3. Where CUDA is present: the ViT-L preset (random weights, 4 classes, LoRA rank 16) in bf16 autocast at batch 1
@@ -49,6 +50,10 @@ def one_core() -> Iterator[str]:
         torch.set_num_threads(threads)
 
 
+def show(what: str, value: str) -> None:
+    print(f"  {what:<48} {value}")
+
+
 def rate(count: int, seconds: float) -> str:
     return f"{count / seconds:8.2f} clips/s ({1000 * seconds / count:8.1f} ms/clip)"
 
@@ -73,11 +78,14 @@ def bench_data(label: str, spec: SynthSpec, bucket: str) -> None:
             return time.perf_counter() - began
 
         get = timed(storage.read_bytes)
-        print(
-            f"  S3 GET only                     ({where}): {rate(len(uris), get)}  {len(uris) * size / get / 1e6:7.1f} MB/s"
-        )
+        show(f"S3 GET only ({where})", f"{rate(len(uris), get)}  {len(uris) * size / get / 1e6:7.1f} MB/s")
         get_decode = timed(lambda uri: decode(storage.read_bytes(uri), lambda n: sampling.eval_indices(n, FRAMES)))
-        print(f"  S3 GET + decode {FRAMES} frames        ({where}): {rate(len(uris), get_decode)}")
+        show(f"S3 GET + decode {FRAMES} frames, full size ({where})", rate(len(uris), get_decode))
+        short_side = processor.size["shortest_edge"]
+        get_decode = timed(
+            lambda uri: decode(storage.read_bytes(uri), lambda n: sampling.eval_indices(n, FRAMES), short_side)
+        )
+        show(f"S3 GET + decode {FRAMES} frames to {short_side}p ({where})", rate(len(uris), get_decode))
         loader = ClipLoader(processor, FRAMES, Telemetry("bench", "bench", label), prefetch=1, io_threads=1)
         began = time.perf_counter()
         loaded = sum(
@@ -85,7 +93,7 @@ def bench_data(label: str, spec: SynthSpec, bucket: str) -> None:
         )
         full = time.perf_counter() - began
         loader.close()
-        print(f"  S3 GET + decode + preprocess 256 ({where}): {rate(loaded, full)}")
+        show(f"S3 GET + decode + preprocess to 256 ({where})", rate(loaded, full))
 
 
 def bench_tiny_training(steps: int) -> None:

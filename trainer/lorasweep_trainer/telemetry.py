@@ -86,7 +86,12 @@ class Telemetry:
     def serve(self, port: int) -> None:
         if port == 0:
             return
-        start_http_server(port, registry=self.registry)
+        try:
+            start_http_server(port, registry=self.registry)
+        except OSError as error:
+            # Pods on the dev node share the host's ports; losing live metrics must not lose the trial.
+            log.warning("metrics endpoint not started port=%d error=%s", port, error)
+            return
         log.info("metrics endpoint started port=%d", port)
 
     def push(self) -> None:

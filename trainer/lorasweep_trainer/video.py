@@ -34,19 +34,43 @@ class CorruptClip(Exception):
     """The bytes are not a decodable video (or have no frames)."""
 
 
-def decode(data: bytes, sampler: Sampler) -> np.ndarray:
-    """Frames ``sampler(num_frames)`` of an in-memory video as (T, H, W, 3) uint8 RGB."""
+def decode(data: bytes, sampler: Sampler, short_side: int | None = None) -> np.ndarray:
+    """Frames ``sampler(num_frames)`` of an in-memory video as (T, H, W, 3) uint8 RGB.
+
+    With ``short_side``, a larger video is scaled while decoding so its shorter side is ``short_side`` (aspect
+    kept): for 1080p clips and V-JEPA2's 292 px resize this is ~3x faster than decoding full frames and letting
+    the video processor shrink them. Finding the size costs one extra open and one decoded frame. decord's
+    scaler mishandles some sizes (e.g. width 48 comes back 48x48), so a failed or misshapen scaled decode falls
+    back to full frames rather than calling the clip corrupt.
+    """
     import decord
 
+    errors = (RuntimeError, decord.DECORDError, ValueError, IndexError)
     try:
         reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
         num_frames = len(reader)
         if num_frames < 1:
             raise CorruptClip("the video has no frames")
-        frames: np.ndarray = reader.get_batch(sampler(num_frames)).asnumpy()
+        indices = sampler(num_frames)
+        if short_side is not None:
+            height, width = reader[0].shape[:2]
+            if min(height, width) > short_side:
+                scale = short_side / min(height, width)
+                size = (max(short_side, round(height * scale)), max(short_side, round(width * scale)))
+                try:
+                    scaled = decord.VideoReader(
+                        io.BytesIO(data), ctx=decord.cpu(0), num_threads=1, height=size[0], width=size[1]
+                    )
+                    frames: np.ndarray = scaled.get_batch(indices).asnumpy()
+                    if frames.shape[1:3] == size:
+                        return frames
+                except errors as error:
+                    log.debug("scaled decode failed, decoding full frames size=%s error=%s", size, error)
+                reader.seek(0)
+        frames = reader.get_batch(indices).asnumpy()
     except CorruptClip:
         raise
-    except (RuntimeError, decord.DECORDError, ValueError, IndexError) as error:
+    except errors as error:
         raise CorruptClip(_printable(str(error)) or type(error).__name__) from error
     return frames
 
@@ -76,6 +100,8 @@ class ClipLoader:
         io_threads: int = 4,
     ) -> None:
         self.processor = processor
+        # Decode straight to the size the processor resizes to (its "shortest_edge"), see `decode`.
+        self.short_side: int | None = (getattr(processor, "size", None) or {}).get("shortest_edge")
         self.frames_per_clip = frames_per_clip
         self.telemetry = telemetry
         self.prefetch = prefetch
@@ -99,7 +125,7 @@ class ClipLoader:
             self.telemetry.s3_read_bytes.inc(len(data))
         started = time.perf_counter()
         try:
-            frames = decode(data, self.sampler(train_seed))
+            frames = decode(data, self.sampler(train_seed), self.short_side)
         except CorruptClip as error:
             self.telemetry.decode_failures(split).inc()
             log.warning("clip undecodable, skipped uri=%s split=%s error=%s", sample.uri, split, error)
