@@ -5,7 +5,10 @@ level-triggered pass for that sweep: read the sweep and its Jobs, plan (pure), l
 (idempotent: deterministic Job names, 409 means done), aggregate the status (pure), write it when it
 changed. Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
 
-`write_report` is the hook the report writer plugs into; it runs once when a sweep finishes.
+Once the sweep has finished, the same pass sees to its report: written by the operator itself when it was
+started with `--write-reports` (its pod can reach spec.storage.output), else by one report Job that runs
+`lorasweep report` with the trials' storage access; later passes read that Job's termination message into
+status.reportUri and the ReportWritten condition. A failed report never changes the sweep's phase.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pydantic import ValidationError
 from lorasweep_operator import planning, rendering, telemetry
 from lorasweep_operator import status as statuses
 from lorasweep_operator.kube import ApiError, Kube, now
+from lorasweep_operator.report import REPORT_FILE
 from lorasweep_operator.spec import (
     GROUP,
     KIND,
@@ -33,11 +37,9 @@ from lorasweep_operator.spec import (
     LoraSweepSpec,
     LoraSweepStatus,
     SpecError,
-    SweepManifest,
     TrialStatus,
     parse_spec,
 )
-from lorasweep_trainer.config import sweep_output
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,6 @@ class Coalescer:
 COALESCER = Coalescer()
 # Job uid -> the trial phase last seen; only a phase change (or a deletion) needs a pass.
 _job_phases: dict[str, str] = {}
-_reported: set[str] = set()
 
 
 class Invalid(Exception):
@@ -145,11 +146,10 @@ def sweep_timer(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> 
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def sweep_deleted(namespace: str | None, name: str, uid: str, **_: Any) -> None:
+def sweep_deleted(namespace: str | None, name: str, **_: Any) -> None:
     # optional=True: no finalizer; the garbage collector deletes the Jobs through their owner references.
     telemetry.forget_sweep(str(namespace), name)
     COALESCER.forget((str(namespace), name))
-    _reported.discard(uid)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={rendering.SWEEP_LABEL: kopf.PRESENT})
@@ -263,14 +263,20 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         log.warning("invalid sweep namespace=%s sweep=%s problem=%s", namespace, name, error)
         raise Invalid(str(error)) from None
 
-    jobs = [
-        statuses.observe_job(job)
-        for job in kube.list_jobs(namespace, rendering.sweep_selector(name))
-        if _owned(job, current.uid)
-    ]
+    children = [job for job in kube.list_jobs(namespace, rendering.sweep_selector(name)) if _owned(job, current.uid)]
+    jobs = [statuses.observe_job(job) for job in children if not rendering.is_report(job)]
+    report_name = rendering.report_job_name(name, current.uid)
+    report_job = next(
+        (
+            statuses.observe_job(job)
+            for job in children
+            if rendering.is_report(job) and (job.get("metadata") or {}).get("name") == report_name
+        ),
+        None,
+    )
+    pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
-        pods = kube.list_pods(namespace, rendering.sweep_selector(name))
-        jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods))
+        jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
 
     launched = []
     for trial in statuses.launches(spec, plan, jobs, current.previous):
@@ -293,19 +299,8 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     result = statuses.aggregate(spec, plan, jobs, current.previous, current.generation, now())
     new = result.status
     current.events.extend(result.events)
-    if (
-        new.phase in TERMINAL_SWEEP_PHASES
-        and new.completion_time
-        and not new.report_uri
-        and current.uid not in _reported
-    ):
-        _reported.add(current.uid)
-        manifest = SweepManifest(
-            name=name, namespace=namespace, spec=spec, generation=current.generation, uid=current.uid
-        )
-        uri = _report(kube, body, manifest, new)
-        if uri:
-            new = new.model_copy(update={"report_uri": uri})
+    if statuses.report_due(new):
+        new = _report(kube, current, spec, new, report_job, pods)
     written = _write(kube, current, new)
     for event in current.events:
         kube.emit_event(body, event.type, event.reason, event.message)
@@ -357,41 +352,74 @@ def _write(kube: Kube, current: Pass, new: LoraSweepStatus) -> int:
     return size
 
 
-def _report(kube: Kube, body: Mapping[str, Any], manifest: SweepManifest, status: LoraSweepStatus) -> str | None:
-    try:
-        uri = write_report(manifest, status)
-    except Exception as error:  # a report failure must never fail the sweep
-        log.warning("report failed namespace=%s sweep=%s error=%s", manifest.namespace, manifest.name, error)
-        kube.emit_event(body, "Warning", "ReportFailed", f"the sweep report could not be written: {error}")
-        return None
-    if uri:
-        kube.emit_event(body, "Normal", "ReportWritten", f"report at {uri}")
-    return uri
+class _Pods:
+    """The sweep's pods, listed at most once per pass and only when a finished child's message is needed."""
+
+    def __init__(self, kube: Kube, namespace: str, selector: str) -> None:
+        self._kube, self._namespace, self._selector = kube, namespace, selector
+        self._pods: list[dict[str, Any]] | None = None
+
+    def get(self) -> list[dict[str, Any]]:
+        if self._pods is None:
+            self._pods = self._kube.list_pods(self._namespace, self._selector)
+        return self._pods
 
 
-def write_report(manifest: SweepManifest, status: LoraSweepStatus) -> str | None:
-    """THE REPORT HOOK: called once when a sweep reaches Succeeded or Failed with no trial running.
+def _report(
+    kube: Kube,
+    current: Pass,
+    spec: LoraSweepSpec,
+    status: LoraSweepStatus,
+    job: statuses.ObservedJob | None,
+    pods: _Pods,
+) -> LoraSweepStatus:
+    """The report's part of a pass over a finished sweep whose report is due."""
+    if SETTINGS.write_reports:
+        done = statuses.nothing_to_report(status, now()) or write_report(current, spec, status)
+        current.events.extend(done.events)
+        return done.status
+    name = rendering.report_job_name(current.name, current.uid)
+    summary = statuses.report_summary(pods.get(), name) if job is not None and job.terminal else None
+    _, destination = rendering.report_prefixes(spec, current.namespace, current.name)
+    step = statuses.report_step(status, job, summary, f"{destination}{REPORT_FILE}", now())
+    if step.launch:
+        trials, failed = statuses.report_inputs(status)
+        body = rendering.render_report_job(spec, current.namespace, current.name, current.uid, trials, failed)
+        try:
+            created = kube.create_job(body)
+        except ApiError as error:
+            if error.transient:
+                raise
+            # Rejected as written (too large, denied): trying again each pass cannot help.
+            log.warning("report job rejected namespace=%s sweep=%s error=%s", current.namespace, current.name, error)
+            rejected = statuses.report_failed(status, "ReportJobRejected", str(error), now())
+            current.events.extend(rejected.events)
+            return rejected.status
+        if created:
+            telemetry.JOBS_CREATED.labels(namespace=current.namespace, sweep=current.name).inc()
+            log.info("report job created namespace=%s sweep=%s job=%s", current.namespace, current.name, name)
+    current.events.extend(step.events)
+    return step.status
 
-    Returns the URI of report.md (recorded as status.reportUri) or None when no report is written here.
-    The operator writes it itself only when started with `--write-reports` (its pod then needs read/write
-    access to spec.storage.output); otherwise this returns None and a report Job can take over.
-    """
-    if not SETTINGS.write_reports:
-        return None
+
+def write_report(current: Pass, spec: LoraSweepSpec, status: LoraSweepStatus) -> statuses.Reconciled:
+    """The report written by the operator itself (`--write-reports`: its pod can read and write
+    spec.storage.output). Any failure is recorded in the ReportWritten condition, never raised."""
     from lorasweep_operator.report import publish_sweep_report
 
-    root = sweep_output(manifest.spec.storage.output, manifest.namespace, manifest.name)
-    failed = {
-        row.id: f"{row.reason or 'Failed'}: {row.message or ''}".strip()
-        for row in status.trials
-        if row.phase == "Failed"
-    }
-    return publish_sweep_report(
-        f"{root}trials/",
-        f"{root}report/",
-        manifest.spec.objective.metric,
-        manifest.spec.objective.resolved_goal,
-        sweep=manifest.name,
-        failed=failed,
-        trials=list(status.outcomes),
-    )
+    source, destination = rendering.report_prefixes(spec, current.namespace, current.name)
+    trials, failed = statuses.report_inputs(status)
+    try:
+        uri = publish_sweep_report(
+            source,
+            destination,
+            spec.objective.metric,
+            spec.objective.resolved_goal,
+            sweep=current.name,
+            failed=failed,
+            trials=trials,
+        )
+    except Exception as error:  # a report failure must never fail the sweep
+        log.warning("report failed namespace=%s sweep=%s error=%s", current.namespace, current.name, error)
+        return statuses.report_failed(status, "ReportFailed", f"the sweep report could not be written: {error}", now())
+    return statuses.report_written(status, uri, "", now())

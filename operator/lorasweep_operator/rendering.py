@@ -1,20 +1,36 @@
-"""Job rendering: one planned trial to one batch/v1 Job body. Pure; the same inputs give the same Job.
+"""Job rendering: one planned trial to one batch/v1 Job body, and a finished sweep to its report Job. Pure;
+the same inputs give the same Job.
 
-The pod meets Pod Security Standards "restricted". The trial's configuration travels whole in
+The pods meet Pod Security Standards "restricted". The trial's configuration travels whole in
 ``LORASWEEP_TRIAL`` (JSON of `TrialConfig`), never through a shell. Exit codes 2 and 3 (invalid config,
 unusable dataset) fail the Job at once through its podFailurePolicy; evictions and preemptions
 (DisruptionTarget) do not count against backoffLimit.
+
+The report Job (`render_report_job`) runs `lorasweep report` in the trainer image, with the trials' storage
+access (the same Secret, endpoint and ServiceAccount), for an operator that has no storage access itself.
+It is labelled like the trials (so the operator's Job watch sees it) but with component ``report`` and no
+trial label, so it never counts as a trial and the trainer PodMonitor does not select it.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lorasweep_operator.planning import PlannedTrial, label_value, trial_config
+from lorasweep_operator.commands.report import PERMANENT_EXIT_CODES as REPORT_PERMANENT_EXIT_CODES
+from lorasweep_operator.planning import PlannedTrial, job_name, label_value, short_hash, trial_config
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepSpec
-from lorasweep_trainer.config import DEFAULT_TERMINATION_LOG, PERMANENT_EXIT_CODES, TERMINATION_LOG_ENV, TRIAL_ENV
+from lorasweep_trainer.config import (
+    DEFAULT_TERMINATION_LOG,
+    PERMANENT_EXIT_CODES,
+    TERMINATION_LOG_ENV,
+    TRIAL_ENV,
+    sweep_output,
+)
 
 CONTAINER = "trainer"
+REPORT_CONTAINER = "report"
 SWEEP_LABEL = "lorasweep.dev/sweep"
 TRIAL_LABEL = "lorasweep.dev/trial"
 GROUP_ANNOTATION = "lorasweep.dev/group"
@@ -26,7 +42,21 @@ APP_LABELS = {
     "app.kubernetes.io/component": "trial",
     "app.kubernetes.io/managed-by": "lorasweep-operator",
 }
+COMPONENT_LABEL = "app.kubernetes.io/component"
+REPORT_COMPONENT = "report"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+# Reading a few hundred metrics.json files and drawing two figures: a fraction of a core, well under 1 GiB.
+REPORT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+REPORT_BACKOFF_LIMIT = 2
+REPORT_DEADLINE_SECONDS = 1800
+# Reasons are clipped so that a sweep with many failures still gives a Job far below the API's size limit.
+REPORT_REASON_LIMIT = 200
+SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def sweep_selector(sweep: str) -> str:
@@ -43,6 +73,26 @@ def trial_labels(sweep: str, trial: PlannedTrial) -> dict[str, str]:
     }
 
 
+def report_labels(sweep: str) -> dict[str, str]:
+    return {
+        **APP_LABELS,
+        COMPONENT_LABEL: REPORT_COMPONENT,
+        "app.kubernetes.io/instance": label_value(sweep),
+        SWEEP_LABEL: label_value(sweep),
+    }
+
+
+def is_report(job_or_pod: Mapping[str, Any]) -> bool:
+    """A report Job or its pod (both carry the report labels), as the API returns them."""
+    return ((job_or_pod.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL) == REPORT_COMPONENT
+
+
+def report_job_name(sweep: str, sweep_uid: str) -> str:
+    """``<sweep prefix>-report-<hash of the uid>``: one per sweep object, never a trial's name (those end in a
+    bare hash), and a sweep recreated under the same name gets a new one."""
+    return job_name(sweep, f"{REPORT_COMPONENT}-{short_hash(sweep_uid)}")
+
+
 def owner_reference(sweep: str, uid: str) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
@@ -54,33 +104,26 @@ def owner_reference(sweep: str, uid: str) -> dict[str, Any]:
     }
 
 
-def _env(spec: LoraSweepSpec, trial_json: str) -> list[dict[str, Any]]:
-    env = [
-        {"name": TRIAL_ENV, "value": trial_json},
-        {"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG},
-    ]
+def _storage_env(spec: LoraSweepSpec) -> list[dict[str, Any]]:
+    env = [{"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG}]
     if spec.storage.endpoint:
         env.append({"name": ENDPOINT_ENV, "value": spec.storage.endpoint})
     return env
 
 
-def _container(spec: LoraSweepSpec, trial_json: str, metrics_port: int) -> dict[str, Any]:
+def _container(
+    spec: LoraSweepSpec, name: str, command: list[str], env: list[dict[str, Any]], resources: dict[str, Any]
+) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": CONTAINER,
+        "name": name,
         "image": spec.image,
-        "command": list(spec.command),
-        "env": _env(spec, trial_json),
-        "ports": [{"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"}],
-        "resources": _resources(spec),
+        "command": command,
+        "env": env,
+        "resources": resources,
         "terminationMessagePath": DEFAULT_TERMINATION_LOG,
-        # A crash before the trainer writes its summary still leaves the log tail as the message.
+        # A crash before the program writes its summary still leaves the log tail as the message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(SECURITY_CONTEXT),
     }
     if spec.storage.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.storage.credentials_secret}}]
@@ -117,6 +160,18 @@ def _pod_spec(spec: LoraSweepSpec, container: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
+def _failure_policy(container: str, permanent: Sequence[int]) -> dict[str, Any]:
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": list(permanent)},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
 def render_job(
     spec: LoraSweepSpec,
     namespace: str,
@@ -126,7 +181,9 @@ def render_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`."""
     config = trial_config(spec, namespace, sweep, trial)
-    container = _container(spec, config.model_dump_json(by_alias=True), config.metrics_port)
+    env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
+    container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
     labels = trial_labels(sweep, trial)
     job_labels = dict(labels)
     if spec.queue_name:
@@ -135,19 +192,7 @@ def render_job(
         "backoffLimit": spec.backoff_limit,
         "completions": 1,
         "parallelism": 1,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": CONTAINER,
-                        "operator": "In",
-                        "values": list(PERMANENT_EXIT_CODES),
-                    },
-                },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]
-        },
+        "podFailurePolicy": _failure_policy(CONTAINER, PERMANENT_EXIT_CODES),
         "template": {
             "metadata": {"labels": labels},
             "spec": _pod_spec(spec, container),
@@ -171,6 +216,65 @@ def render_job(
                 VARIANT_ANNOTATION: trial.variant,
                 INDEX_ANNOTATION: str(trial.index),
             },
+            "ownerReferences": [owner_reference(sweep, sweep_uid)],
+        },
+        "spec": job_spec,
+    }
+
+
+def report_prefixes(spec: LoraSweepSpec, namespace: str, sweep: str) -> tuple[str, str]:
+    """Where a sweep's trials write their metrics (``trials/``) and where its report goes (``report/``)."""
+    root = sweep_output(spec.storage.output, namespace, sweep)
+    return f"{root}trials/", f"{root}report/"
+
+
+def report_command(
+    spec: LoraSweepSpec, namespace: str, sweep: str, trials: Sequence[str], failed: Mapping[str, str]
+) -> list[str]:
+    """`lorasweep report` over the sweep's ``trials/`` prefix, into its ``report/`` prefix, as an argv."""
+    source, destination = report_prefixes(spec, namespace, sweep)
+    argv = [
+        "lorasweep", "report", source, "--out", destination,
+        "--objective", spec.objective.metric, "--goal", spec.objective.resolved_goal, "--sweep", sweep,
+    ]  # fmt: skip
+    if trials:
+        argv += ["--trials", ",".join(sorted(trials))]
+    for trial in sorted(failed):
+        argv += ["--failed", f"{trial}={' '.join(failed[trial].split())[:REPORT_REASON_LIMIT]}"]
+    return argv
+
+
+def render_report_job(
+    spec: LoraSweepSpec,
+    namespace: str,
+    sweep: str,
+    sweep_uid: str,
+    trials: Sequence[str],
+    failed: Mapping[str, str],
+) -> dict[str, Any]:
+    """The batch/v1 Job that writes the report of finished sweep `namespace/sweep`: ``trials`` are the ids
+    to report on, ``failed`` the trials without metrics (id -> why)."""
+    command = report_command(spec, namespace, sweep, trials, failed)
+    container = _container(spec, REPORT_CONTAINER, command, _storage_env(spec), copy.deepcopy(REPORT_RESOURCES))
+    labels = report_labels(sweep)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": REPORT_BACKOFF_LIMIT,
+        "completions": 1,
+        "parallelism": 1,
+        "activeDeadlineSeconds": REPORT_DEADLINE_SECONDS,
+        "podFailurePolicy": _failure_policy(REPORT_CONTAINER, REPORT_PERMANENT_EXIT_CODES),
+        # The trials' placement: the trainer image is already on those nodes, and their storage access is.
+        "template": {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container)},
+    }
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": report_job_name(sweep, sweep_uid),
+            "namespace": namespace,
+            "labels": labels,
             "ownerReferences": [owner_reference(sweep, sweep_uid)],
         },
         "spec": job_spec,

@@ -22,8 +22,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from lorasweep_operator.planning import PlannedTrial
-from lorasweep_operator.rendering import CONTAINER, TRIAL_LABEL
+from lorasweep_operator.rendering import CONTAINER, REPORT_CONTAINER, TRIAL_LABEL, is_report
+from lorasweep_operator.report.model import ReportSummary
 from lorasweep_operator.spec import (
+    TERMINAL_SWEEP_PHASES,
     TERMINAL_TRIAL_PHASES,
     BestTrial,
     Condition,
@@ -46,6 +48,7 @@ SPEC_VALID = "SpecValid"
 SUSPENDED = "Suspended"
 COMPLETE = "Complete"
 FAILED = "Failed"
+REPORT_WRITTEN = "ReportWritten"
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,10 @@ def _clip(text: str | None) -> str | None:
     return None if text is None else text[:MESSAGE_LIMIT]
 
 
-def termination_message(pod: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(finishedAt, message) of the trainer container's last termination, if it left a message."""
+def termination_message(pod: Mapping[str, Any], name: str = CONTAINER) -> tuple[str, str] | None:
+    """(finishedAt, message) of the named container's last termination, if it left a message."""
     for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        if container.get("name") != CONTAINER:
+        if container.get("name") != name:
             continue
         for state in (container.get("state") or {}, container.get("lastState") or {}):
             terminated = state.get("terminated")
@@ -426,3 +429,123 @@ def waiting(previous: LoraSweepStatus, reason: str, problem: str, generation: in
             "observed_generation": generation,
         }
     )
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+#
+# Once a sweep has finished, its report is written once: by the operator itself (`--write-reports`) or by a
+# report Job. The ReportWritten condition is the memory: Unknown while a Job works on it, True with
+# status.reportUri once written, False when it failed or there was nothing to report. True and False are
+# final, so a report Job deleted afterwards (ttlSecondsAfterFinished, by hand) is not launched again.
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+def report_due(status: LoraSweepStatus) -> bool:
+    """The sweep has finished and its report is neither written nor given up on."""
+    if status.phase not in TERMINAL_SWEEP_PHASES or not status.completion_time or status.report_uri:
+        return False
+    condition = next((c for c in status.conditions if c.type == REPORT_WRITTEN), None)
+    return condition is None or condition.status == "Unknown"
+
+
+def report_inputs(status: LoraSweepStatus) -> tuple[list[str], dict[str, str]]:
+    """The trials a report covers (every finished trial of this sweep object, so metrics.json files left
+    under the same prefix by an earlier sweep of the same name stay out) and the failed ones with why."""
+    rows = {row.id: row for row in status.trials}
+    failed = {}
+    for trial, outcome in sorted(status.outcomes.items()):
+        if outcome.phase == "Failed":
+            row = rows.get(trial)
+            why = " ".join(part for part in (row.reason, row.message) if part) if row else ""
+            failed[trial] = why or "Failed"
+    return sorted(status.outcomes), failed
+
+
+def report_summary(pods: Sequence[Mapping[str, Any]], job: str) -> ReportSummary | None:
+    """The latest termination summary of report Job `job`'s pods; a crash's log tail as a Failed one."""
+    latest: tuple[str, str] | None = None
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        found = termination_message(pod, REPORT_CONTAINER)
+        if is_report(pod) and labels.get(JOB_NAME_LABEL) == job and found and (latest is None or found >= latest):
+            latest = found
+    if latest is None:
+        return None
+    try:
+        return ReportSummary.decode(latest[1])
+    except ValidationError:
+        return ReportSummary(status="Failed", reason="NoSummary", message=_clip(latest[1].strip()))
+
+
+def _report_condition(
+    status: LoraSweepStatus, state: Literal["True", "False", "Unknown"], reason: str, message: str, now: str
+) -> tuple[LoraSweepStatus, bool]:
+    """The status with ReportWritten set; True when the condition's reason changed (an Event is due)."""
+    old = next((c for c in status.conditions if c.type == REPORT_WRITTEN), None)
+    condition = Condition(type=REPORT_WRITTEN, status=state, reason=reason, message=_clip(message) or "")
+    changed = old is None or (old.status, old.reason) != (state, reason)
+    return status.model_copy(update={"conditions": set_condition(status.conditions, condition, now)}), changed
+
+
+def report_written(status: LoraSweepStatus, uri: str, detail: str, now: str) -> Reconciled:
+    message = f"report at {uri}{detail}"
+    new, changed = _report_condition(status, "True", "ReportWritten", message, now)
+    new = new.model_copy(update={"report_uri": uri})
+    return Reconciled(new, [Event("Normal", "ReportWritten", message)] if changed else [])
+
+
+def report_failed(status: LoraSweepStatus, reason: str, message: str, now: str) -> Reconciled:
+    """Final: the report is not tried again. The sweep's phase stays what its trials made it."""
+    new, changed = _report_condition(status, "False", reason, message, now)
+    return Reconciled(new, [Event("Warning", "ReportFailed", f"{reason}: {message}")] if changed else [])
+
+
+def nothing_to_report(status: LoraSweepStatus, now: str) -> Reconciled | None:
+    """No trial succeeded: a report would be empty, so none is written (and no Job started)."""
+    if any(outcome.phase == "Succeeded" for outcome in status.outcomes.values()):
+        return None
+    message = "no trial succeeded, so there is no report; the trial table says why each failed"
+    new, changed = _report_condition(status, "False", "NoResults", message, now)
+    return Reconciled(new, [Event("Normal", "ReportSkipped", message)] if changed else [])
+
+
+@dataclass
+class ReportStep:
+    """Where the report Job leaves the sweep after this pass; `launch`: create the Job now."""
+
+    status: LoraSweepStatus
+    events: list[Event]
+    launch: bool = False
+
+
+def report_step(
+    status: LoraSweepStatus,
+    job: ObservedJob | None,
+    summary: ReportSummary | None,
+    expected_uri: str,
+    now: str,
+) -> ReportStep:
+    """The report Job's part of the pass, for a sweep whose report is due (`report_due`)."""
+    if job is None:
+        skipped = nothing_to_report(status, now)
+        if skipped is not None:
+            return ReportStep(skipped.status, skipped.events)
+        message = f"a report Job writes {expected_uri}"
+        new, changed = _report_condition(status, "Unknown", "ReportJobCreated", message, now)
+        return ReportStep(new, [Event("Normal", "ReportJobCreated", message)] if changed else [], launch=True)
+    if not job.terminal:
+        new, _ = _report_condition(status, "Unknown", "ReportJobRunning", f"report Job {job.name} is running", now)
+        return ReportStep(new, [])
+    if job.phase == "Succeeded":
+        if summary is not None and summary.status == "Written" and summary.report_uri:
+            best = f"; best: {summary.best}" if summary.best else ""
+            done = report_written(status, summary.report_uri, f" ({summary.trials} trials{best})", now)
+        else:
+            # The Job succeeded, so the report is where the Job was told to write it (its pod may be gone).
+            done = report_written(status, expected_uri, "", now)
+        return ReportStep(done.status, done.events)
+    why = summary.message if summary is not None and summary.status == "Failed" and summary.message else None
+    why = why or f"{job.reason or 'Failed'}: {job.message or 'no message'}"
+    failed = report_failed(status, "ReportJobFailed", f"report Job {job.name} failed: {why}", now)
+    return ReportStep(failed.status, failed.events)

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--write-reports",
         action="store_true",
-        help="write each finished sweep's report to its storage.output (the operator then needs S3 access)",
+        help="write each finished sweep's report to its storage.output itself (the operator then needs S3 access); "
+        "without it, a report Job in the sweep's namespace writes it with the trials' image and storage access",
     )
 
 

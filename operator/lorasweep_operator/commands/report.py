@@ -1,23 +1,39 @@
 """`lorasweep report SOURCE --out DIR`: the sweep report from trials' metrics.json files.
 
 SOURCE is a folder or an s3:// prefix holding ``<trial>/metrics.json`` (a sweep's ``trials/``);
-DIR a folder or s3:// prefix for report.md and its figures. Exit codes: 0 written, 1 nothing to report
-(no metrics found, or none readable), 2 usage.
+DIR a folder or s3:// prefix for report.md and its figures.
+
+The operator's report Job runs this command too. For it, ``--trials`` keeps only the sweep's own trials
+(SOURCE may still hold those of an earlier sweep of the same name), ``--failed`` lists trials that left no
+metrics, and a JSON `ReportSummary` (report.md's URI, or why there is none) goes to the termination log
+(``--termination-log``, default ``$LORASWEEP_TERMINATION_LOG``), where the operator reads it back.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from pathlib import Path
 from typing import get_args
 
 EXIT_WRITTEN = 0
 EXIT_NOTHING = 1
+EXIT_USAGE = 2
+EXIT_STORAGE = 3
+# What a report Job must not retry: the same inputs fail the same way.
+PERMANENT_EXIT_CODES = (EXIT_NOTHING, EXIT_USAGE)
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "exit codes: 0 written, 1 no readable metrics.json under SOURCE, 2 usage"
-    from lorasweep_trainer.config import ObjectiveMetric
+    parser.epilog = (
+        "exit codes: 0 written, 1 no readable metrics.json under SOURCE (for the chosen trials), 2 usage, "
+        "3 object storage could not be read or written (trying again may help)"
+    )
+    from lorasweep_trainer.config import TERMINATION_LOG_ENV, ObjectiveMetric
 
     parser.add_argument("source", metavar="SOURCE", help="folder or s3:// prefix holding <trial>/metrics.json files")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder or s3:// prefix for report.md and figures")
@@ -26,26 +42,96 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--goal", choices=("maximize", "minimize"), default=None, help="default: by the metric")
     parser.add_argument("--sweep", default=None, help="name in the title (default: the trials' sweep)")
+    parser.add_argument(
+        "--trials",
+        type=_trial_ids,
+        default=None,
+        metavar="ID,ID,...",
+        help="report only these trial ids (default: every metrics.json under SOURCE)",
+    )
+    parser.add_argument(
+        "--failed",
+        type=_failed_trial,
+        action="append",
+        default=[],
+        metavar="ID=WHY",
+        help="a trial that failed without metrics, listed in the report with why (repeatable)",
+    )
+    parser.add_argument(
+        "--termination-log",
+        type=Path,
+        default=os.environ.get(TERMINATION_LOG_ENV) or None,
+        metavar="PATH",
+        help=f"write a JSON summary (report URI or the failure) here; default ${TERMINATION_LOG_ENV} when set",
+    )
+
+
+def _trial_ids(text: str) -> list[str]:
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("give at least one trial id, comma-separated")
+    return ids
+
+
+def _failed_trial(text: str) -> tuple[str, str]:
+    trial, separator, why = text.partition("=")
+    if not separator or not trial.strip():
+        raise argparse.ArgumentTypeError(f"expected ID=WHY, got {text!r}")
+    return trial.strip(), why.strip() or "failed"
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorasweep_operator.report import publish_report
-    from lorasweep_operator.report.builder import build_report
-    from lorasweep_operator.report.storage import load_metrics
+    from lorasweep_operator.report import build_sweep_report, publish_report
+    from lorasweep_operator.report.model import ReportSummary
+
+    def finish(code: int, summary: ReportSummary) -> int:
+        if summary.status == "Failed":
+            print(f"lorasweep report: {summary.message}", file=sys.stderr)
+        if args.termination_log is not None:
+            try:
+                args.termination_log.write_text(summary.encode())
+            except OSError as error:
+                log.warning("termination message not written path=%s error=%s", args.termination_log, error)
+        return code
 
     try:
-        trials, problems = load_metrics(args.source)
+        report = build_sweep_report(
+            args.source,
+            args.objective,
+            args.goal,
+            sweep=args.sweep,
+            failed=dict(args.failed),
+            trials=args.trials,
+        )
+        uri = publish_report(report, args.out)
     except FileNotFoundError as error:
-        print(f"lorasweep report: {error}", file=sys.stderr)
-        return EXIT_NOTHING
-    for location, why in problems.items():
-        print(f"lorasweep report: skipped {location}: {why}", file=sys.stderr)
-    if not trials:
-        print(f"lorasweep report: no readable metrics.json under {args.source}", file=sys.stderr)
-        return EXIT_NOTHING
-    failed = {location: f"unreadable metrics: {why}" for location, why in problems.items()}
-    report = build_report(trials, objective=args.objective, goal=args.goal, sweep=args.sweep, failed=failed)
-    uri = publish_report(report, args.out)
-    print(f"report of {len(trials)} trials: {uri}")
+        return finish(EXIT_NOTHING, ReportSummary(status="Failed", reason="NothingToReport", message=str(error)))
+    except ValueError as error:
+        scope = f" for the {len(args.trials)} trials asked for" if args.trials else ""
+        why = f"no readable metrics.json under {args.source}{scope}: {error}"
+        return finish(EXIT_NOTHING, ReportSummary(status="Failed", reason="NothingToReport", message=why))
+    except Exception as error:
+        if not _storage_error(error):
+            raise
+        why = f"object storage failed: {type(error).__name__}: {error}"
+        return finish(EXIT_STORAGE, ReportSummary(status="Failed", reason="StorageError", message=why))
+    print(f"report of {report.methodology.trials} trials: {uri}")
     print(f"best by {report.objective}: {report.best.label} (trials {', '.join(report.best.trials)})")
-    return EXIT_WRITTEN
+    return finish(
+        EXIT_WRITTEN,
+        ReportSummary(status="Written", report_uri=uri, trials=report.methodology.trials, best=report.best.label),
+    )
+
+
+def _storage_error(error: Exception) -> bool:
+    """The trainer's StorageError (retries exhausted, a write that did not verify) or botocore's own errors
+    (no credentials, access denied, endpoint unreachable)."""
+    from lorasweep_trainer.storage import StorageError
+
+    if isinstance(error, StorageError | OSError):
+        return True
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return False
+    return isinstance(error, BotoCoreError | ClientError)

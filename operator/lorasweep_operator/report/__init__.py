@@ -18,7 +18,15 @@ REPORT_FILE = "report.md"
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REPORT_FILE", "Report", "build_report", "publish_report", "publish_sweep_report", "render"]
+__all__ = [
+    "REPORT_FILE",
+    "Report",
+    "build_report",
+    "build_sweep_report",
+    "publish_report",
+    "publish_sweep_report",
+    "render",
+]
 
 
 def render(report: Report) -> dict[str, bytes]:
@@ -39,6 +47,32 @@ def publish_report(report: Report, destination: str) -> str:
     return uris[REPORT_FILE]
 
 
+def build_sweep_report(
+    metrics_source: str,
+    objective: ObjectiveMetric = "val_accuracy",
+    goal: Goal | None = None,
+    *,
+    sweep: str | None = None,
+    failed: Mapping[str, str] | None = None,
+    trials: Sequence[str] | None = None,
+) -> Report:
+    """Read every metrics.json under ``metrics_source`` and build the report.
+
+    ``trials`` limits the report to those trial ids (the sweep's current plan) when given; ``failed``
+    (trial -> reason) lists trials that left no metrics; unreadable metrics.json files are listed with them.
+    Raises FileNotFoundError when ``metrics_source`` is not a folder or prefix, ValueError when no usable
+    metrics exist, and the trainer's StorageError when object storage cannot be read.
+    """
+    from lorasweep_operator.report.storage import load_metrics
+
+    loaded, unreadable = load_metrics(metrics_source)
+    wanted = None if trials is None else set(trials)
+    selected: list[TrialMetrics] = [t for t in loaded if wanted is None or t.trial in wanted]
+    problems = dict(failed or {})
+    problems.update({location: f"unreadable metrics: {why}" for location, why in unreadable.items()})
+    return build_report(selected, objective=objective, goal=goal, sweep=sweep, failed=problems)
+
+
 def publish_sweep_report(
     metrics_source: str,
     destination: str,
@@ -49,18 +83,6 @@ def publish_sweep_report(
     failed: Mapping[str, str] | None = None,
     trials: Sequence[str] | None = None,
 ) -> str:
-    """Read every metrics.json under ``metrics_source``, build the report and publish it to ``destination``.
-
-    ``trials`` limits the report to those trial ids (the sweep's current plan) when given; ``failed``
-    (trial -> reason) lists trials that left no metrics. Raises ValueError when no usable metrics exist.
-    Returns the URI of report.md.
-    """
-    from lorasweep_operator.report.storage import load_metrics
-
-    loaded, unreadable = load_metrics(metrics_source)
-    wanted = None if trials is None else set(trials)
-    selected: list[TrialMetrics] = [t for t in loaded if wanted is None or t.trial in wanted]
-    problems = dict(failed or {})
-    problems.update({location: f"unreadable metrics: {why}" for location, why in unreadable.items()})
-    report = build_report(selected, objective=objective, goal=goal, sweep=sweep, failed=problems)
+    """`build_sweep_report`, published to ``destination``; returns the URI of report.md."""
+    report = build_sweep_report(metrics_source, objective, goal, sweep=sweep, failed=failed, trials=trials)
     return publish_report(report, destination)

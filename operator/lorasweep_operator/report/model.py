@@ -140,3 +140,28 @@ class Report(Frozen):
     recommendations: list[str]
     reproducibility: Reproducibility
     warnings: list[str] = Field(description="inconsistencies found in the trials' metrics")
+
+
+REPORT_SUMMARY_LIMIT = 4096  # the kubelet's limit for a termination message
+
+
+class ReportSummary(BaseModel):
+    """What `lorasweep report` leaves in its termination message: the operator reads a report Job's outcome
+    (and status.reportUri) from it, so it needs no storage access of its own."""
+
+    status: Literal["Written", "Failed"]
+    report_uri: str | None = None
+    trials: int = Field(0, description="trials with metrics in the report")
+    best: str | None = Field(None, description="the best configuration's label")
+    reason: str | None = None
+    message: str | None = None
+
+    def encode(self) -> str:
+        text = self.model_dump_json(exclude_none=True)
+        if len(text.encode()) > REPORT_SUMMARY_LIMIT:
+            text = self.model_copy(update={"message": (self.message or "")[:200]}).model_dump_json(exclude_none=True)
+        return text
+
+    @classmethod
+    def decode(cls, text: str) -> ReportSummary:
+        return cls.model_validate_json(text)
