@@ -172,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="write a synthetic NTU-like dataset to a folder or s3:// prefix")
     synth.add_argument("output", help="folder or s3://bucket/prefix/")
-    synth.add_argument("--actions", default="8,9,23,1,2", help="comma-separated NTU action ids (default: 8,9,23,1,2)")
+    synth.add_argument(
+        "--actions",
+        default="8,9,23,2,3",
+        help="comma-separated NTU action ids, distinct modulo 8 (default: 8,9,23,2,3)",
+    )
     synth.add_argument("--clips-per-action", type=int, default=10)
     synth.add_argument("--width", type=int, default=64, help="up to 1920")
     synth.add_argument("--height", type=int, default=48, help="up to 1080")
