@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -59,13 +59,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 # (modules_to_save); the encoder and pooler weights stay frozen. With the default target modules only the
 # attentive pooler is adapted: V-JEPA2's encoder names its projections query/key/value/proj.
 LORA_MODULES_TO_SAVE = ["classifier"]
-LORA_BIAS = "none"
+LORA_BIAS: Literal["none"] = "none"
 
 
 def lora_config(lora: LoraConfig) -> PeftLoraConfig:
     return PeftLoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; alpha / rank is a float ratio
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         modules_to_save=list(LORA_MODULES_TO_SAVE),
@@ -82,7 +82,7 @@ def apply_lora(model: VJEPA2ForVideoClassification, lora: LoraConfig) -> PeftMod
             f"training.lora.targetModules {absent} are not modules of this model; "
             "V-JEPA2 has q_proj, k_proj, v_proj, out_proj (pooler) and query, key, value, proj (encoder)"
         )
-    return get_peft_model(model, lora_config(lora))
+    return cast(PeftModel, get_peft_model(model, lora_config(lora)))
 
 
 def preset_config(preset: str, num_labels: int, frames_per_clip: int) -> VJEPA2Config:
@@ -100,7 +100,7 @@ def build_base_model(
     model: ModelConfig, classes: list[str], seed: int, device: str | torch.device = "cpu"
 ) -> VJEPA2ForVideoClassification:
     """The classifier before LoRA. ``device="meta"`` builds the module tree without allocating weights."""
-    labels = {
+    labels: dict[str, Any] = {
         "num_labels": len(classes),
         "id2label": dict(enumerate(classes)),
         "label2id": {c: i for i, c in enumerate(classes)},
@@ -117,7 +117,7 @@ def build_base_model(
     with _seeded(seed):
         # The hub checkpoint's head has other classes (e.g. 174 for SSv2): replace it rather than fail.
         loaded = VJEPA2ForVideoClassification.from_pretrained(model.name, ignore_mismatched_sizes=True, **labels)
-    return loaded.to(device)
+    return cast(VJEPA2ForVideoClassification, loaded.to(device))
 
 
 def build_processor(config: VJEPA2Config) -> VJEPA2VideoProcessor:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ class ClipLoader:
 
     def __init__(
         self,
-        processor: Callable[..., dict[str, torch.Tensor]],
+        processor: Callable[..., Any],
         frames_per_clip: int,
         telemetry: Telemetry,
         prefetch: int = 4,
