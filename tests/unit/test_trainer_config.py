@@ -61,3 +61,38 @@ def test_missing_fields_are_named() -> None:
         and "dataset: Field required" in message
         and "output: Field required" in message
     )
+
+
+def run_train(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, trial_env: str | None, *argv: str
+) -> tuple[int, dict[str, object]]:
+    termination = tmp_path / "termination-log"
+    monkeypatch.setenv("LORASWEEP_TERMINATION_LOG", str(termination))
+    if trial_env is None:
+        monkeypatch.delenv("LORASWEEP_TRIAL", raising=False)
+    else:
+        monkeypatch.setenv("LORASWEEP_TRIAL", trial_env)
+    from lorasweep_trainer import cli
+
+    code = cli.main(["train", *argv])
+    return code, json.loads(termination.read_text())
+
+
+def test_train_without_a_config_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    code, summary = run_train(monkeypatch, tmp_path, None)
+    assert code == 2
+    assert summary["status"] == "Failed" and summary["reason"] == "InvalidConfig"
+    assert "set LORASWEEP_TRIAL or pass --trial FILE" in str(summary["message"])
+
+
+def test_train_with_broken_json_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    code, summary = run_train(monkeypatch, tmp_path, '{"sweep": "s", "trial": "t",')
+    assert code == 2 and "Invalid JSON" in str(summary["message"])
+
+
+def test_train_reads_the_trial_file_before_the_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    document = dict(VALID, trial="from-file", training={"epochs": 0})
+    (tmp_path / "trial.json").write_text(json.dumps(document))
+    code, summary = run_train(monkeypatch, tmp_path, json.dumps(VALID), "--trial", str(tmp_path / "trial.json"))
+    assert code == 2 and summary["trial"] == "from-file"
+    assert "training.epochs: Input should be greater than or equal to 1 (got 0)" in str(summary["message"])
