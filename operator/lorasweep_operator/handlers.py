@@ -395,8 +395,7 @@ def _report(
             rejected = statuses.report_failed(status, "ReportJobRejected", str(error), now())
             current.events.extend(rejected.events)
             return rejected.status
-        if created:
-            telemetry.JOBS_CREATED.labels(namespace=current.namespace, sweep=current.name).inc()
+        if created:  # lorasweep_operator_jobs_created_total counts trial Jobs only
             log.info("report job created namespace=%s sweep=%s job=%s", current.namespace, current.name, name)
     current.events.extend(step.events)
     return step.status

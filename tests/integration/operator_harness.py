@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,12 +19,16 @@ from typing import Any
 import yaml
 
 from fixtures_cluster import wait_for
+from lorasweep_operator.devcluster.cluster import free_ports
 from lorasweep_operator.spec import GROUP, VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "deploy" / "crd" / "lorasweeps.lorasweep.dev.yaml"
 RBAC = ROOT / "deploy" / "rbac"
 OPERATOR_ACCOUNT = "lorasweep-operator"
+# Trial Jobs and pods carry the trial label; a finished sweep's report Job has the sweep label only.
+TRIALS = "lorasweep.dev/trial"
+REPORTS = "app.kubernetes.io/component=report"
 LORASWEEP = Path(sys.executable).with_name("lorasweep")
 
 # A trial in a few lines: reads the contract, sleeps `epochs` x 0.5 s, reports val_accuracy = 100 x learningRate,
@@ -63,12 +66,6 @@ def bind_operator(cluster: Any, namespace: str) -> None:
     )  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class OperatorProcess:
     """`lorasweep operator --namespace NS` with the ServiceAccount's kubeconfig; restartable, killable."""
 
@@ -76,8 +73,7 @@ class OperatorProcess:
         self.namespace = namespace
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
-        self.metrics_port = free_port()
-        self.health_port = free_port()
+        self.metrics_port, self.health_port = free_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -184,16 +180,30 @@ def get_sweep(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
     return body
 
 
-def list_jobs(cluster: Any, namespace: str) -> list[dict[str, Any]]:
-    result = cluster.kubectl("get", "jobs", "-n", namespace, "-l", "lorasweep.dev/sweep", "-o", "json")
+def list_jobs(cluster: Any, namespace: str, selector: str = TRIALS) -> list[dict[str, Any]]:
+    result = cluster.kubectl("get", "jobs", "-n", namespace, "-l", selector, "-o", "json")
     items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
     return items
 
 
-def list_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
-    result = cluster.kubectl("get", "pods", "-n", namespace, "-l", "lorasweep.dev/sweep", "-o", "json")
+def list_pods(cluster: Any, namespace: str, selector: str = TRIALS) -> list[dict[str, Any]]:
+    result = cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json")
     items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
     return items
+
+
+def events(cluster: Any, namespace: str, name: str) -> list[str]:
+    """The reasons of the Events about object `name`, oldest first."""
+    result = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )  # fmt: skip
+    return [item["reason"] for item in json.loads(result.stdout)["items"]]
+
+
+def condition(status: dict[str, Any], kind: str) -> tuple[str, str, str] | None:
+    """(status, reason, message) of the status condition `kind`, if set."""
+    found = [c for c in status.get("conditions") or [] if c["type"] == kind]
+    return (found[0]["status"], found[0]["reason"], found[0].get("message", "")) if found else None
 
 
 def job_finished(job: dict[str, Any]) -> bool:

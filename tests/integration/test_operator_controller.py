@@ -3,7 +3,6 @@ deploy/rbac ServiceAccount's token, real Jobs run by the Job controller, pods ru
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +10,11 @@ from typing import Any
 
 import pytest
 from operator_harness import (
+    REPORTS,
     OperatorProcess,
     apply,
+    condition,
+    events,
     get_sweep,
     install_crd,
     job_finished,
@@ -36,13 +38,6 @@ def crd(cluster: Any) -> None:
 def operator(cluster: Any, namespace: str, serviceaccount_kubeconfig: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
     with running_operator(cluster, namespace, serviceaccount_kubeconfig, tmp_path) as process:
         yield process
-
-
-def events(cluster: Any, namespace: str, name: str) -> list[str]:
-    result = cluster.kubectl(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
-    )  # fmt: skip
-    return [item["reason"] for item in json.loads(result.stdout)["items"]]
 
 
 def test_parallelism_2_with_5_trials_never_runs_more_than_2_and_succeeds(
@@ -156,7 +151,8 @@ def test_finished_result_survives_its_job_and_deleting_the_sweep_deletes_its_job
     assert victim not in {job["metadata"]["name"] for job in list_jobs(cluster, namespace)}  # not relaunched
 
     cluster.kubectl("delete", "lsw", "keep", "-n", namespace, "--wait=true")
-    wait_for("the sweep's Jobs to be garbage collected", lambda: not list_jobs(cluster, namespace), timeout=120)
+    every_job = "lorasweep.dev/sweep"  # the report Job's too
+    wait_for("the sweep's Jobs to be garbage collected", lambda: not list_jobs(cluster, namespace, every_job), 120)
 
 
 def test_suspend_pauses_launching(cluster: Any, namespace: str, operator: OperatorProcess) -> None:
@@ -167,3 +163,29 @@ def test_suspend_pauses_launching(cluster: Any, namespace: str, operator: Operat
     cluster.kubectl("patch", "lsw", "paused", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     status = wait_phase(cluster, namespace, "paused", ("Succeeded",))["status"]
     assert status["counts"]["succeeded"] == 2 and status["observedGeneration"] == 2
+
+
+def test_a_failed_report_job_warns_and_leaves_the_sweep_succeeded(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    """The stand-in trial writes no metrics and the sweep names storage its pods cannot reach (no endpoint, no
+    credentials), so the report Job fails: retried for exit code 3, then recorded without touching the phase."""
+    assert apply(cluster, sweep_manifest("unreported", namespace, search=learning_rates(1e-3))).returncode == 0
+
+    def report_settled() -> dict[str, Any] | None:
+        status = get_sweep(cluster, namespace, "unreported").get("status") or {}
+        found = condition(status, "ReportWritten")
+        return status if found and found[0] != "Unknown" else None
+
+    status = wait_for("the report Job's outcome", report_settled, timeout=180, interval=0.5)
+    state, reason, message = condition(status, "ReportWritten") or ("", "", "")
+    assert (state, reason) == ("False", "ReportJobFailed"), (message, operator.log())
+    assert "object storage failed" in message  # from the report's termination message
+    assert status["phase"] == "Succeeded" and "reportUri" not in status
+    assert condition(status, "Complete") == ("True", "AllTrialsFinished", status["message"])
+    (job,) = list_jobs(cluster, namespace, REPORTS)
+    failure = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert failure["reason"] == "BackoffLimitExceeded"
+    assert len(list_pods(cluster, namespace, REPORTS)) == 3  # backoffLimit 2: exit code 3 is worth retrying
+    assert {"ReportJobCreated", "ReportFailed"} <= set(events(cluster, namespace, "unreported"))
+    assert len(list_jobs(cluster, namespace)) == 1  # the report Job never counts as a trial

@@ -1,6 +1,8 @@
 """The whole loop with the real trainer: the operator's Jobs run `lorasweep-trainer train` (a tiny V-JEPA2-shaped
 model on CPU) on synthetic NTU-like clips in the S3-protocol server, with credentials from the sweep's Secret,
-and the sweep's status holds what the trainer reported through its termination message."""
+the sweep's status holds what the trainer reported through its termination message, and once the sweep has
+finished its report Job (`lorasweep report`, the same image and storage access) writes report.md next to the
+trials and status.reportUri points at it. The operator itself never touches the storage."""
 
 from __future__ import annotations
 
@@ -13,8 +15,22 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import OperatorProcess, get_sweep, install_crd, running_operator, wait_phase
+from operator_harness import (
+    REPORTS,
+    OperatorProcess,
+    condition,
+    events,
+    get_sweep,
+    install_crd,
+    list_jobs,
+    list_pods,
+    running_operator,
+    wait_phase,
+)
 
+from fixtures_cluster import wait_for
+from lorasweep_operator import rendering
+from lorasweep_operator.report.markdown import CONFUSION_FIGURE
 from lorasweep_trainer.results import METRICS_SCHEMA
 
 BIN = Path(sys.executable).parent
@@ -32,7 +48,7 @@ def operator(cluster: Any, namespace: str, serviceaccount_kubeconfig: Any, tmp_p
         yield process
 
 
-def test_sweep_with_the_real_trainer_on_synthetic_clips(
+def test_sweep_with_the_real_trainer_on_synthetic_clips_and_its_report_job(
     cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
 ) -> None:
     subprocess.run(
@@ -88,3 +104,33 @@ def test_sweep_with_the_real_trainer_on_synthetic_clips(
     assert metrics["params"]["learning_rate"] == rows[0]["params"]["learningRate"]
     assert {row["params"]["learningRate"] for row in rows} == {1e-3, 5e-3}
     assert get_sweep(cluster, namespace, "tiny")["status"]["best"] == status["best"]
+
+    # The report, by a report Job: the operator was started without --write-reports and holds no credentials.
+    def reported() -> dict[str, Any] | None:
+        current: dict[str, Any] = get_sweep(cluster, namespace, "tiny")["status"]
+        found = condition(current, "ReportWritten")
+        return current if found and found[0] != "Unknown" else None
+
+    status = wait_for("the sweep report", reported, timeout=300, interval=1)
+    report_logs = cluster.kubectl("logs", "-n", namespace, "-l", REPORTS, "--tail=40", check=False).stdout
+    report_uri = f"s3://{s3_bucket}/sweeps/{namespace}/tiny/report/report.md"
+    assert status.get("reportUri") == report_uri, (status.get("conditions"), report_logs, operator.log())
+    state, reason, message = condition(status, "ReportWritten") or ("", "", "")
+    assert (state, reason) == ("True", "ReportWritten")
+    assert message.startswith(f"report at {report_uri} (2 trials; best: ")
+    assert status["phase"] == "Succeeded" and status["best"] == body["status"]["best"]
+
+    text = s3_server.client().get_object(Bucket=s3_bucket, Key=report_uri.removeprefix(f"s3://{s3_bucket}/"))
+    markdown = text["Body"].read().decode()
+    assert markdown.startswith("# Sweep report: tiny\n")
+    assert "**Trials:** 2 (2 configurations" in markdown
+    figure = f"sweeps/{namespace}/tiny/report/{CONFUSION_FIGURE}"
+    assert s3_server.client().head_object(Bucket=s3_bucket, Key=figure)["ContentType"] == "image/png"
+
+    uid = get_sweep(cluster, namespace, "tiny")["metadata"]["uid"]
+    (job,) = list_jobs(cluster, namespace, REPORTS)
+    assert job["metadata"]["name"] == rendering.report_job_name("tiny", uid)
+    assert [c["type"] for c in job["status"]["conditions"] if c["status"] == "True"][-1] == "Complete"
+    assert len(list_pods(cluster, namespace, REPORTS)) == 1
+    assert len(list_jobs(cluster, namespace)) == 2  # the trials' Jobs; the report Job is not one
+    assert {"ReportJobCreated", "ReportWritten"} <= set(events(cluster, namespace, "tiny"))
