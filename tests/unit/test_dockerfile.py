@@ -284,16 +284,29 @@ def test_operator_stage_commands_install_a_working_operator(tmp_path: Path) -> N
     assert result.stdout.strip() == "True", result.stderr
 
 
-def test_trainer_stage_commands_install_a_trainer_that_runs_a_trial(tmp_path: Path) -> None:
-    """On the torch base (torch and torchvision at the pins), the trainer stage's installs run a tiny trial
-    on CPU from synthetic clips: the image's package set is complete without the dev extra."""
+def test_trainer_stage_commands_install_a_trainer_that_runs_a_trial_and_its_report(tmp_path: Path) -> None:
+    """On the torch base (torch and torchvision at the pins), the trainer stage's installs run a tiny trial on
+    CPU from synthetic clips, then the operator's report Job command over it: the image's package set is
+    complete without the dev extra."""
+    from lorasweep_operator import rendering
+    from lorasweep_operator.spec import Storage, load_sweep_file
+    from lorasweep_trainer.config import (
+        TERMINATION_LOG_ENV,
+        TRIAL_ENV,
+        DatasetConfig,
+        ModelConfig,
+        TrialConfig,
+        trial_output,
+    )
+
     pins = dict(line.split("==") for line in (ROOT / "requirements-pins.txt").read_text().split() if "==" in line)
     venv, env = replay("trainer", tmp_path, base=(f"torch=={pins['torch']}", f"torchvision=={pins['torchvision']}"))
     clips = tmp_path / "clips"
     synth = [str(BIN / "lorasweep-trainer"), "synth", str(clips), "--actions", "8,9,23", "--clips-per-action", "4"]
     subprocess.run(synth, check=True, capture_output=True)  # OpenCV is a dev dependency: the repo's venv makes them
-    from lorasweep_trainer.config import TERMINATION_LOG_ENV, TRIAL_ENV, DatasetConfig, ModelConfig, TrialConfig
-
+    root = str(tmp_path / "output")
+    spec = load_sweep_file(ROOT / "deploy" / "samples" / "tiny-cpu-sweep.yaml").spec
+    spec = spec.model_copy(update={"storage": Storage(output=root)})
     trial = TrialConfig(
         sweep="image-check",
         trial="t1",
@@ -301,21 +314,28 @@ def test_trainer_stage_commands_install_a_trainer_that_runs_a_trial(tmp_path: Pa
         dataset=DatasetConfig(
             source=str(clips), classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videos_per_class=4
         ),
-        output=str(tmp_path / "out") + "/",
+        training=spec.training.model_copy(update={"epochs": 1}),
+        output=trial_output(root, "default", "image-check", "t1"),
         device="cpu",
         metrics_port=0,
-    ).model_copy(update={"training": TrialConfig.model_fields["training"].default.model_copy(update={"epochs": 1})})
-    entrypoint = json.loads(parse(DOCKERFILE.read_text())[1]["trainer"].last("ENTRYPOINT"))
-    command = json.loads(parse(DOCKERFILE.read_text())[1]["trainer"].last("CMD"))
+    )
+    stage = parse(DOCKERFILE.read_text())[1]["trainer"]
+    argv = [*json.loads(stage.last("ENTRYPOINT")), *json.loads(stage.last("CMD"))]
     run_env = {
         **env,
         TRIAL_ENV: trial.model_dump_json(by_alias=True),
         TERMINATION_LOG_ENV: str(tmp_path / "termination"),
     }
     result = subprocess.run(
-        [str(venv / "bin" / entrypoint[0]), *command], env=run_env, capture_output=True, text=True, timeout=600
+        [str(venv / "bin" / argv[0]), *argv[1:]], env=run_env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((tmp_path / "termination").read_text())
-    assert summary["status"] == "Succeeded"
-    assert (tmp_path / "out" / "metrics.json").exists()
+    assert json.loads((tmp_path / "termination").read_text())["status"] == "Succeeded"
+
+    report = rendering.report_command(spec, "default", "image-check", ["t1"], {})
+    result = subprocess.run(
+        [str(venv / "bin" / report[0]), *report[1:]], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    _, destination = rendering.report_prefixes(spec, "default", "image-check")
+    assert "t1" in (Path(destination) / "report.md").read_text()
