@@ -78,15 +78,14 @@ def test_report_job_has_the_trials_storage_access_and_no_gpu() -> None:
 
 def test_report_job_meets_pod_security_restricted() -> None:
     pod = report_job()["spec"]["template"]["spec"]
-    assert pod["restartPolicy"] == "Never"
-    assert pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    assert pod["containers"][0]["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    # The same restricted settings as a trial's pod (test_rendering checks those field by field).
+    trial = planning.plan(spec_with(), "phase1")[0]
+    trial_pod = rendering.render_job(spec_with(), "research", "phase1", "uid-123", trial)["spec"]["template"]["spec"]
+    for key in ("restartPolicy", "automountServiceAccountToken", "enableServiceLinks", "securityContext"):
+        assert pod[key] == trial_pod[key], key
+    assert pod["containers"][0]["securityContext"] == trial_pod["containers"][0]["securityContext"]
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
     assert "hostNetwork" not in pod and "volumes" not in pod
 
 
@@ -108,13 +107,11 @@ def test_report_job_retries_only_what_can_change_and_is_not_queued() -> None:
 def test_report_job_labels_name_and_owner() -> None:
     job = report_job()
     labels = job["metadata"]["labels"]
-    assert labels == {
-        "app.kubernetes.io/name": "lorasweep",
-        "app.kubernetes.io/component": "report",
-        "app.kubernetes.io/managed-by": "lorasweep-operator",
-        "app.kubernetes.io/instance": "phase1",
-        "lorasweep.dev/sweep": "phase1",
-    }
+    # Labelled like the trials (test_rendering spells those out), but component "report" and no trial label.
+    trial_labels = rendering.trial_labels("phase1", planning.plan(spec_with(), "phase1")[0])
+    del trial_labels["lorasweep.dev/trial"]
+    assert labels == {**trial_labels, "app.kubernetes.io/component": "report"}
+    assert labels["lorasweep.dev/sweep"] == "phase1"
     assert job["spec"]["template"]["metadata"]["labels"] == labels
     assert rendering.is_report(job) and rendering.is_report(job["spec"]["template"])
     assert "lorasweep.dev/trial" not in labels  # never counted as a trial
