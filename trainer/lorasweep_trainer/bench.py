@@ -7,7 +7,7 @@
    I/O thread, crop 256).
 2. Tiny-model training steps per second on CPU (batch 1, LoRA defaults, data already in memory), on one
    thread and on every available core.
-3. Where CUDA is present: the ViT-L preset (random weights, 4 classes, LoRA rank 16) in bf16 autocast at batch 1
+3. Where CUDA is present (or on CPU in fp32 with ``--vitl-cpu``): the ViT-L preset (random weights, 4 classes, LoRA rank 16) in bf16 autocast at batch 1
    with 8 frames of 256 px: forward ms per clip (no grad) and the time of one training step (forward, backward,
    AdamW step), both synchronised, after warm-up.
 """
@@ -128,8 +128,7 @@ def bench_tiny_training(steps: int) -> None:
     print(f"  training steps/s ({torch.get_num_threads()} threads):      {measure():8.1f}")
 
 
-def bench_vitl_cuda(iterations: int) -> None:
-    device = torch.device("cuda")
+def bench_vitl(device: torch.device, iterations: int) -> None:
     cfg = ModelConfig(preset="vjepa2-vitl-256", frames_per_clip=FRAMES)
     base = modeling.build_base_model(cfg, CLASSES, seed=0, device=device)
     model = modeling.apply_lora(base, LoraConfig(rank=16, alpha=32))
@@ -148,22 +147,29 @@ def bench_vitl_cuda(iterations: int) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def measure(work: Callable[[], None]) -> float:
-        for _ in range(3):
+        for _ in range(3 if device.type == "cuda" else 1):
             work()
-        torch.cuda.synchronize(device)
+        sync()
         began = time.perf_counter()
         for _ in range(iterations):
             work()
-        torch.cuda.synchronize(device)
+        sync()
         return 1000 * (time.perf_counter() - began) / iterations
 
-    print(f"\n[ViT-L on {torch.cuda.get_device_name(device)}] bf16 autocast, batch 1, {FRAMES} frames 256px, LoRA r16")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    print(f"\n[ViT-L on {where}] {precision}, batch 1, {FRAMES} frames 256px, LoRA r16")
     model.eval()
     print(f"  forward ms per clip:      {measure(forward):8.1f}")
     model.train()
     print(f"  training step ms (bs 1):  {measure(train_step):8.1f}")
-    print(f"  peak GPU memory:          {torch.cuda.max_memory_allocated(device) / 2**30:8.2f} GiB")
+    if device.type == "cuda":
+        print(f"  peak GPU memory:          {torch.cuda.max_memory_allocated(device) / 2**30:8.2f} GiB")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -190,7 +196,9 @@ def run_bench(args: argparse.Namespace) -> int:
         storage.reset_client()
     bench_tiny_training(args.steps)
     if torch.cuda.is_available():
-        bench_vitl_cuda(args.gpu_iterations)
+        bench_vitl(torch.device("cuda"), args.gpu_iterations)
+    elif args.vitl_cpu:
+        bench_vitl(torch.device("cpu"), 1)
     else:
-        print("\n[ViT-L on CUDA] skipped: no CUDA device visible")
+        print("\n[ViT-L] skipped: no CUDA device visible (--vitl-cpu times one fp32 iteration on CPU)")
     return 0
