@@ -134,7 +134,7 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
     try:
         wait_for("the operator's metrics", lambda: _answers(metrics_port), 60, 0.1)
         time.sleep(1.0)  # kopf's watch streams start after its start-up handlers
-        selector = "lorasweep.dev/sweep=bench"
+        selector = "lorasweep.dev/sweep=bench,lorasweep.dev/trial"  # trial Jobs, not the report Job
 
         started = time.monotonic()
         custom.create_namespaced_custom_object(

@@ -5,7 +5,7 @@
 | `get_sweep`                  | get    | lorasweeps.lorasweep.dev      |
 | `patch_status`               | patch  | lorasweeps/status             |
 | `list_jobs`                  | list   | jobs.batch                    |
-| `create_job`                 | create | jobs.batch                    |
+| `create_job`                 | create | jobs.batch (trials, report)   |
 | `list_pods`                  | list   | pods                          |
 | `emit_event`                 | create | events                        |
 

@@ -249,6 +249,17 @@ def test_a_failed_report_job_warns_and_leaves_the_sweep_phase() -> None:
     assert report_condition(bare.status)[2] == "report Job s-report-x failed: DeadlineExceeded: Job was active longer"
 
 
+def test_lorasweep_status_says_where_the_report_is_or_why_there_is_none() -> None:
+    from lorasweep_operator.commands.status import describe
+
+    failed = status.report_step(finished("Succeeded"), observed("Failed", "DeadlineExceeded", "late"), None, URI, NOW)
+    assert "report: none yet (ReportJobFailed: report Job s-report-x failed: DeadlineExceeded: late)" in describe(
+        "ns/s", failed.status
+    )
+    written = status.report_step(finished("Succeeded"), observed("Succeeded"), None, URI, NOW)
+    assert f"report: {URI}" in describe("ns/s", written.status)
+
+
 def test_no_succeeded_trial_means_no_report_job() -> None:
     step = status.report_step(finished("Failed", "Failed"), None, None, URI, NOW)
     assert not step.launch

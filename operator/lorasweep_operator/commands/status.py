@@ -59,8 +59,11 @@ def describe(name: str, status: LoraSweepStatus) -> list[str]:
             f"best: {best.trial} {best.metric}={best.objective:.4f} ({best.variant or best.group or 'baseline'})"
             + (f" metrics {best.metrics_uri}" if best.metrics_uri else "")
         )
+    report = next((c for c in status.conditions if c.type == "ReportWritten"), None)
     if status.report_uri:
         lines.append(f"report: {status.report_uri}")
+    elif report is not None:  # on its way (a report Job runs), skipped, or failed: say which
+        lines.append(f"report: none yet ({report.reason}: {report.message})")
     for condition in status.conditions:
         if condition.status == "True" and condition.message:
             lines.append(f"{condition.type}: {condition.reason}: {condition.message}")
