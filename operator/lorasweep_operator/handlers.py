@@ -138,10 +138,11 @@ def sweep_updated(namespace: str | None, name: str, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
 def sweep_timer(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
-    current = body.get("status") or {}
-    finished = current.get("phase") in TERMINAL_SWEEP_PHASES and current.get("completionTime")
-    if finished and current.get("observedGeneration") == body.get("metadata", {}).get("generation"):
-        return  # nothing left to watch; a spec edit or Job event wakes it again
+    generation = body.get("metadata", {}).get("generation")
+    current = _previous_status(body)
+    settled = current.phase in TERMINAL_SWEEP_PHASES and current.completion_time and not statuses.report_due(current)
+    if settled and current.observed_generation == generation:
+        return  # nothing left to watch (report included); a spec edit or Job event wakes it again
     reconcile(str(namespace), name, "timer")
 
 
