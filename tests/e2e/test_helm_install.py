@@ -191,9 +191,21 @@ def test_helm_install_runs_the_tiny_sample_sweep(cluster: Any, namespace: str, s
             assert metrics["schema"] == METRICS_SCHEMA
             assert metrics["trial"] == trial["id"] and metrics["sweep"] == manifest["metadata"]["name"]
 
-        # The trial Jobs were made by the operator with the chart's identity and are owned by the sweep.
+        # The report Job writes report.md where the status then says it is.
+        name = manifest["metadata"]["name"]
+        report_uri = wait_until(
+            "the sweep's report",
+            lambda: get_sweep(cluster, namespace, name)["status"].get("reportUri"),
+            300,
+            diagnose=release.diagnose,
+        )
+        bucket, key = report_uri.removeprefix("s3://").split("/", 1)
+        assert "# " in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        # The Jobs (two trials, then the report) were made by the operator with the chart's identity and are
+        # owned by the sweep.
         jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
-        assert len(jobs) == 2
+        components = sorted(job["metadata"]["labels"]["app.kubernetes.io/component"] for job in jobs)
+        assert components == ["report", "trial", "trial"]
         for job in jobs:
             (owner,) = job["metadata"]["ownerReferences"]
             assert (owner["kind"], owner["name"]) == ("LoraSweep", manifest["metadata"]["name"])
