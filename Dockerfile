@@ -2,7 +2,8 @@
 #
 # Targets:
 #   operator   slim Python, lorasweep[operator] (no torch), runs `lorasweep operator`
-#   trainer    lorasweep[trainer] on a CUDA-capable torch base (TRAINER_BASE)
+#   trainer    lorasweep[trainer] on a CUDA-capable torch base (TRAINER_BASE); runs the trial Jobs and the
+#              sweep's report Job (`lorasweep report`)
 #   torch-cpu  a CPU-only torch base; `--build-arg TRAINER_BASE=torch-cpu --target trainer` gives the
 #              CPU trainer for local clusters (kind) without CUDA's 3 GB of libraries
 #
