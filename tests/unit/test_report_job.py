@@ -344,3 +344,35 @@ def test_report_command_rejects_malformed_filters(capsys: pytest.CaptureFixture[
             main(["report", str(REFERENCE), "--out", "x", *bad])
         assert exit_info.value.code == 2
     assert "expected ID=WHY" in capsys.readouterr().err
+
+
+# --- `--write-reports`: the operator writes the report itself -------------------------------------------------
+
+
+def test_operator_with_storage_access_writes_the_report_itself(tmp_path: Path) -> None:
+    import shutil
+
+    from lorasweep_operator.handlers import Pass, write_report
+
+    output = tmp_path / "sweeps"
+    shutil.copytree(REFERENCE / "trials", output / "research" / "phase1" / "trials")
+    spec = spec_with(storage={"output": f"{output}/"})
+    current = Pass(body={}, namespace="research", name="phase1", uid="u", generation=1, previous=LoraSweepStatus())
+    done = finished("Succeeded", "Failed").model_copy(
+        update={"outcomes": {"ref-baseline": TrialOutcome(phase="Succeeded"), "t1": TrialOutcome(phase="Failed")}}
+    )
+    written = write_report(
+        current,
+        spec,
+        done,
+    )
+    uri = str(output / "research" / "phase1" / "report" / "report.md")
+    assert written.status.report_uri == uri
+    assert report_condition(written.status)[:2] == ("True", "ReportWritten")
+    assert [(e.type, e.reason) for e in written.events] == [("Normal", "ReportWritten")]
+    text = Path(uri).read_text()
+    assert "**Trials:** 1 (1 configuration" in text and "t1 (InvalidConfig)" in text  # only this sweep's trials
+
+    broken = write_report(current, spec_with(storage={"output": f"{tmp_path / 'empty'}/"}), done)
+    assert broken.status.report_uri is None and report_condition(broken.status)[:2] == ("False", "ReportFailed")
+    assert [(e.type, e.reason) for e in broken.events] == [("Warning", "ReportFailed")]
