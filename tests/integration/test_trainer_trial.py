@@ -123,8 +123,15 @@ def run_trainer(env: dict[str, str], termination: Path, metrics_port: int = 0) -
 def trial(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrialRun]:
     bucket = "trainer-trial"
     s3_server.client().create_bucket(Bucket=bucket)
-    os.environ.update(s3_server.env)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_server.env.items():
+            patch.setenv(key, value)
+        storage.reset_client()
+        yield run_trial(s3_server, bucket, tmp_path_factory)
     storage.reset_client()
+
+
+def run_trial(s3_server, bucket: str, tmp_path_factory: pytest.TempPathFactory) -> TrialRun:
     spec = SynthSpec(actions=(1, 2, 3, 4, 6), clips_per_action=VIDEOS_PER_CLASS, frames=8, corrupt=1, seed=SEED)
     clips = write_dataset(spec, f"s3://{bucket}/nturgbd_rgb/")
     # The synth corrupts the last clip of the first action: a clip of class "left", so it is surely selected.
@@ -143,7 +150,7 @@ def trial(s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trial
     termination = tmp_path_factory.mktemp("trial") / "termination-log"
     returncode, stderr, scraped = run_trainer(env, termination, metrics_port=port)
     gateway.shutdown()
-    yield TrialRun(
+    return TrialRun(
         bucket=bucket,
         output=output,
         returncode=returncode,
@@ -290,7 +297,8 @@ def test_invalid_config_exits_2_naming_the_field(s3_server, tmp_path: Path) -> N
     assert "training.lora.rank: Input should be greater than or equal to 1 (got 0)" in (summary.message or "")
 
 
-def test_dataset_missing_a_class_exits_3(s3_server, s3_bucket: str, tmp_path: Path) -> None:
+def test_dataset_missing_a_class_exits_3(monkeypatched_s3_env, s3_server, s3_bucket: str, tmp_path: Path) -> None:
+    storage.reset_client()
     write_dataset(SynthSpec(actions=(1, 2, 4), clips_per_action=4, frames=4), f"s3://{s3_bucket}/ntu/")
     document = trial_document(f"s3://{s3_bucket}/ntu/", f"s3://{s3_bucket}/out/")
     termination = tmp_path / "termination-log"
