@@ -308,3 +308,25 @@ def test_dataset_missing_a_class_exits_3(monkeypatched_s3_env, s3_server, s3_buc
     assert summary.status == "Failed" and summary.reason == "DatasetUnusable"
     assert "no clips for class(es) ['down']" in (summary.message or "")
     assert not list(storage.list_objects(f"s3://{s3_bucket}/out/"))
+
+
+def test_too_many_corrupt_clips_exit_3_and_keep_the_event_log(
+    monkeypatched_s3_env, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.reset_client()
+    write_dataset(SynthSpec(actions=(1, 2, 3, 4), clips_per_action=6, frames=8, corrupt=6), f"s3://{s3_bucket}/ntu/")
+    document = trial_document(f"s3://{s3_bucket}/ntu/", f"s3://{s3_bucket}/out/")
+    document["dataset"] = dict(document["dataset"], videosPerClass=6, classes={"a": [1], "b": [2], "c": [3], "d": [4]})
+    monkeypatch.setenv("LORASWEEP_TRIAL", json.dumps(document))
+    monkeypatch.setenv("LORASWEEP_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    from lorasweep_trainer import cli
+
+    assert cli.main(["train"]) == 3
+    summary = TerminationSummary.decode((tmp_path / "termination-log").read_text())
+    assert summary.reason == "DatasetUnusable" and "more than dataset.maxCorruptFraction=0.1" in (summary.message or "")
+    names = [item.name for item in storage.list_objects(f"s3://{s3_bucket}/out/")]
+    assert names == ["train.jsonl"]  # the log survives; no metrics.json, so nobody reads the trial as complete
+    events = [
+        json.loads(line) for line in storage.read_bytes(f"s3://{s3_bucket}/out/train.jsonl").decode().splitlines()
+    ]
+    assert sum(event["event"] == "corrupt_clip" for event in events) == 3  # 3 of 24 is past 10%

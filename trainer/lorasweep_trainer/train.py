@@ -393,5 +393,18 @@ def train(cfg: TrialConfig) -> tuple[TrialMetrics, str]:
         metrics = run_trial(cfg, work)
         (work / METRICS_FILE).write_text(metrics.to_json())
         return metrics, publish(work, cfg.output)
+    except Exception:
+        keep_event_log(work / EVENT_LOG, cfg.output)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def keep_event_log(path: Path, output: str) -> None:
+    """A failed trial still leaves its train.jsonl (without metrics.json, the marker of a complete trial)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        storage.write_bytes(storage.join(output, EVENT_LOG), path.read_bytes())
+    except Exception as error:  # the trial's own error matters more than this one
+        log.warning("event log of a failed trial not kept output=%s error=%s", output, error)
