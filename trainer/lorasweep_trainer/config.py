@@ -17,6 +17,9 @@ TRIAL_ENV = "LORASWEEP_TRIAL"
 TERMINATION_LOG_ENV = "LORASWEEP_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
+# Where the trainer makes its scratch folder (default: the system temp folder); the local runner
+# points it into the trial's own folder to follow the event log while the trial runs.
+WORK_DIR_ENV = "LORASWEEP_WORK_DIR"
 
 # Trainer exit codes. 2 and 3 are permanent: the Job's podFailurePolicy fails the Job on them.
 EXIT_SUCCEEDED = 0

@@ -16,6 +16,7 @@ from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, ObjectiveMetric
 
 METRICS_SCHEMA: Final = "lorasweep.metrics/v1"
 METRICS_FILE = "metrics.json"
+EVENT_LOG = "train.jsonl"  # one JSON object per line: step, epoch, test and corrupt-clip events
 ADAPTER_FOLDER = "adapter"
 
 

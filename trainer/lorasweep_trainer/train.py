@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -36,9 +37,10 @@ import torch
 
 from lorasweep_trainer import data, evaluate, storage
 from lorasweep_trainer import model as modeling
-from lorasweep_trainer.config import TrialConfig
+from lorasweep_trainer.config import WORK_DIR_ENV, TrialConfig
 from lorasweep_trainer.results import (
     ADAPTER_FOLDER,
+    EVENT_LOG,
     METRICS_FILE,
     DatasetSizes,
     EpochMetrics,
@@ -52,7 +54,6 @@ log = logging.getLogger(__name__)
 
 GIT_COMMIT_ENV = "LORASWEEP_GIT_COMMIT"
 INFERENCE_TIMING_CLIPS = 32
-EVENT_LOG = "train.jsonl"
 CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_JSON = "confusion_matrix.json"
 
@@ -388,7 +389,7 @@ def publish(work: Path, output: str) -> str:
 
 def train(cfg: TrialConfig) -> tuple[TrialMetrics, str]:
     """Run the trial in a scratch folder and publish its artifacts; returns the metrics and metrics.json's URI."""
-    work = Path(tempfile.mkdtemp(prefix=f"lorasweep-{cfg.trial}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"lorasweep-{cfg.trial}-", dir=os.environ.get(WORK_DIR_ENV)))
     try:
         metrics = run_trial(cfg, work)
         (work / METRICS_FILE).write_text(metrics.to_json())

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-EVENT_LOG = "train.jsonl"
-
 
 class State(StrEnum):
     PENDING = "pending"

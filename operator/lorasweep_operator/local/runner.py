@@ -27,6 +27,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, TextIO
 
 from lorasweep_operator.local.progress import State, TrialProgress, event, last_epoch, render
+from lorasweep_trainer.results import EVENT_LOG
 
 if TYPE_CHECKING:
     from lorasweep_operator.planning import PlannedTrial
@@ -262,7 +263,7 @@ class LocalSweep:
         return storage.join(self.configs[trial].output, METRICS_FILE)
 
     def launch(self) -> None:
-        from lorasweep_trainer.config import TERMINATION_LOG_ENV, TRIAL_ENV
+        from lorasweep_trainer.config import TERMINATION_LOG_ENV, TRIAL_ENV, WORK_DIR_ENV
 
         for t in self.pending()[: max(0, self.options.parallel - len(self.running))]:
             folder = self.options.state / "trials" / t.trial
@@ -273,8 +274,7 @@ class LocalSweep:
             env = dict(os.environ)
             env[TRIAL_ENV] = self.configs[t.trial].model_dump_json(by_alias=True)
             env[TERMINATION_LOG_ENV] = str(folder / "termination.json")
-            # The trainer keeps its event log in a scratch folder from tempfile; pointing TMPDIR here lets us read it.
-            env["TMPDIR"] = str(scratch)
+            env[WORK_DIR_ENV] = str(scratch)  # the trainer's event log lands here, for the progress display
             # Parallel CPU trials would each start one thread per core and fight over them.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.options.parallel)))
             gpu = self.free_gpus.pop(0) if self.free_gpus else None
@@ -313,7 +313,7 @@ class LocalSweep:
             self.note(event(t, time.monotonic()))
 
     def read_progress(self, r: Running) -> None:
-        logs = sorted((r.folder / "tmp").glob("*/train.jsonl"))
+        logs = sorted((r.folder / "tmp").glob(f"*/{EVENT_LOG}"))
         latest = last_epoch(logs[-1]) if logs else None
         if latest is not None and latest.epoch != r.progress.epoch:
             r.progress.epoch, r.progress.val_accuracy, r.progress.train_loss = (
