@@ -40,7 +40,7 @@ def test_report_from_and_to_s3(s3_server: Any, s3_bucket: str) -> None:
     assert done.returncode == 0, done.stderr
     assert f"report of 11 trials: {out}report.md" in done.stdout
     # The broken file is named, not silently dropped.
-    assert f"skipped s3://{s3_bucket}/sweeps/default/phase1/trials/broken/metrics.json" in done.stderr
+    assert f"unreadable metrics uri=s3://{s3_bucket}/sweeps/default/phase1/trials/broken/metrics.json" in done.stderr
     assert keys(client, s3_bucket, "sweeps/default/phase1/report/") == [
         f"sweeps/default/phase1/report/{name}"
         for name in (
