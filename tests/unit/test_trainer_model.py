@@ -51,6 +51,35 @@ def test_unknown_target_module_is_a_clear_error() -> None:
         modeling.apply_lora(base, LoraConfig(target_modules=("q_proj", "qkv")))
 
 
+def unknown_target_trial(tmp_path: Path) -> str:
+    trial = {
+        "sweep": "s",
+        "trial": "t",
+        "model": {"preset": "tiny"},
+        "dataset": {"source": str(tmp_path / "ntu")},
+        "training": {"lora": {"targetModules": ["q_proj", "qkv"]}},
+        "output": str(tmp_path / "out"),
+        "metricsPort": 0,
+    }
+    return json.dumps(trial)
+
+
+def test_unknown_target_module_fails_the_trial_for_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Exit 2, not a retryable failure: the Job's podFailurePolicy must not retry a config that cannot work.
+    monkeypatch.setenv("LORASWEEP_TRIAL", unknown_target_trial(tmp_path))
+    monkeypatch.setenv("LORASWEEP_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    assert cli.main(["train"]) == 2
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["reason"] == "InvalidConfig"
+    assert "targetModules ['qkv'] are not modules of this model" in summary["message"]
+
+
+def test_inspect_names_an_unknown_target_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "trial.json").write_text(unknown_target_trial(tmp_path))
+    assert cli.main(["inspect", "--trial", str(tmp_path / "trial.json")]) == 2
+    assert "targetModules ['qkv'] are not modules of this model" in capsys.readouterr().err
+
+
 def test_preset_weights_follow_the_seed() -> None:
     first, second, other = (modeling.build_base_model(ModelConfig(preset="tiny"), CLASSES, seed=s) for s in (1, 1, 2))
     a, b, c = (dict(m.named_parameters())["classifier.weight"] for m in (first, second, other))

@@ -23,6 +23,7 @@ from lorasweep_trainer.config import (
     EXIT_SUCCEEDED,
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
+    ConfigError,
     TrialConfig,
 )
 from lorasweep_trainer.results import TerminationSummary
@@ -86,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from lorasweep_trainer.data import DatasetError
     from lorasweep_trainer.results import summarize
-    from lorasweep_trainer.train import ConfigError, train
+    from lorasweep_trainer.train import train
 
     log.info("trial starting trial=%s sweep=%s output=%s", cfg.trial, cfg.sweep, cfg.output)
     try:
@@ -143,7 +144,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # The meta device builds the real module tree without allocating or initialising weights.
     base = modeling.build_base_model(cfg.model, cfg.dataset.class_names, cfg.seed, device="meta")
     total = modeling.count_parameters(base)
-    trainable = modeling.count_parameters(modeling.apply_lora(base, cfg.training.lora), trainable_only=True)
+    try:
+        trainable = modeling.count_parameters(modeling.apply_lora(base, cfg.training.lora), trainable_only=True)
+    except ConfigError as error:
+        print(f"invalid trial configuration: {error}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
     print(
         json.dumps(
             {

@@ -27,6 +27,12 @@ EXIT_INVALID_CONFIG = 2
 EXIT_DATASET_UNUSABLE = 3
 PERMANENT_EXIT_CODES = (EXIT_INVALID_CONFIG, EXIT_DATASET_UNUSABLE)
 
+
+class ConfigError(ValueError):
+    """The trial configuration is well-formed but cannot run here, e.g. a LoRA target module this model lacks
+    (exit 2: retrying cannot help)."""
+
+
 DEFAULT_MODEL = "facebook/vjepa2-vitl-fpc16-256-ssv2"
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 REST: Final = "rest"

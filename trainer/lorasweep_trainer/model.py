@@ -21,7 +21,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2VideoProcessor
 
-from lorasweep_trainer.config import LoraConfig, ModelConfig
+from lorasweep_trainer.config import ConfigError, LoraConfig, ModelConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -74,11 +74,11 @@ def lora_config(lora: LoraConfig) -> PeftLoraConfig:
 
 
 def apply_lora(model: VJEPA2ForVideoClassification, lora: LoraConfig) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters; fails clearly when a target module does not exist."""
+    """Wrap ``model`` with LoRA adapters; a target module the model lacks is a ConfigError (exit 2)."""
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     absent = [name for name in lora.target_modules if name not in present]
     if absent:
-        raise ValueError(
+        raise ConfigError(
             f"training.lora.targetModules {absent} are not modules of this model; "
             "V-JEPA2 has q_proj, k_proj, v_proj, out_proj (pooler) and query, key, value, proj (encoder)"
         )

@@ -37,7 +37,7 @@ import torch
 
 from lorasweep_trainer import data, evaluate, storage
 from lorasweep_trainer import model as modeling
-from lorasweep_trainer.config import WORK_DIR_ENV, TrialConfig
+from lorasweep_trainer.config import WORK_DIR_ENV, ConfigError, TrialConfig
 from lorasweep_trainer.results import (
     ADAPTER_FOLDER,
     EVENT_LOG,
@@ -56,10 +56,6 @@ GIT_COMMIT_ENV = "LORASWEEP_GIT_COMMIT"
 INFERENCE_TIMING_CLIPS = 32
 CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_JSON = "confusion_matrix.json"
-
-
-class ConfigError(ValueError):
-    """The trial configuration cannot run here (exit 2)."""
 
 
 class EventLog:
