@@ -84,3 +84,10 @@ def test_reads_retry_a_broken_body_then_give_up(monkeypatch: pytest.MonkeyPatch)
 def test_missing_local_dataset_folder_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         storage.list_objects(str(tmp_path / "nowhere"))
+
+
+def test_missing_bucket_is_reported_like_a_missing_folder(s3: str) -> None:
+    with pytest.raises(
+        FileNotFoundError, match="bucket 'no-such-bucket-here' of 's3://no-such-bucket-here/ntu/' does not exist"
+    ):
+        storage.list_objects("s3://no-such-bucket-here/ntu/")

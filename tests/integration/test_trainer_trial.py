@@ -330,3 +330,17 @@ def test_too_many_corrupt_clips_exit_3_and_keep_the_event_log(
         json.loads(line) for line in storage.read_bytes(f"s3://{s3_bucket}/out/train.jsonl").decode().splitlines()
     ]
     assert sum(event["event"] == "corrupt_clip" for event in events) == 3  # 3 of 24 is past 10%
+
+
+def test_missing_dataset_bucket_exits_3(
+    monkeypatched_s3_env, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.reset_client()
+    document = trial_document(f"s3://{s3_bucket}-missing/ntu/", f"s3://{s3_bucket}/out/")
+    monkeypatch.setenv("LORASWEEP_TRIAL", json.dumps(document))
+    monkeypatch.setenv("LORASWEEP_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    from lorasweep_trainer import cli
+
+    assert cli.main(["train"]) == 3  # a retry cannot make the bucket appear
+    summary = TerminationSummary.decode((tmp_path / "termination-log").read_text())
+    assert summary.reason == "DatasetUnusable" and f"bucket '{s3_bucket}-missing'" in (summary.message or "")

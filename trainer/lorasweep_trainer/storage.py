@@ -114,15 +114,25 @@ def with_retries(what: str, operation: Callable[[], T], retry_on: tuple[type[Bas
 
 
 def list_objects(source: str) -> list[StoredObject]:
-    """Every object under an ``s3://`` prefix or every file under a local folder, sorted by URI."""
+    """Every object under an ``s3://`` prefix or every file under a local folder, sorted by URI.
+
+    A missing bucket or folder is a FileNotFoundError (the trainer reports it as an unusable dataset, exit 3)."""
     if is_s3(source):
+        from botocore.exceptions import ClientError
+
         bucket, prefix = split_s3(source)
         paginator = s3_client().get_paginator("list_objects_v2")
-        found = [
-            StoredObject(uri=f"s3://{bucket}/{item['Key']}", name=item["Key"].rsplit("/", 1)[-1], size=item["Size"])
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for item in page.get("Contents", [])
-        ]
+        try:
+            found = [
+                StoredObject(uri=f"s3://{bucket}/{item['Key']}", name=item["Key"].rsplit("/", 1)[-1], size=item["Size"])
+                for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+                for item in page.get("Contents", [])
+            ]
+        except ClientError as error:
+            # Like a missing local folder: retrying cannot make the bucket appear, so callers treat it as absent.
+            if error.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                raise FileNotFoundError(f"bucket {bucket!r} of {source!r} does not exist") from error
+            raise
     else:
         root = Path(source)
         if not root.is_dir():
