@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from lorasweep_operator import planning, rendering, telemetry
 from lorasweep_operator import status as statuses
-from lorasweep_operator.kube import ApiError, Kube, now
+from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
 from lorasweep_operator.report import REPORT_FILE
 from lorasweep_operator.spec import (
     GROUP,
@@ -138,10 +138,9 @@ def sweep_updated(namespace: str | None, name: str, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
 def sweep_timer(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
-    generation = body.get("metadata", {}).get("generation")
     current = _previous_status(body)
     settled = current.phase in TERMINAL_SWEEP_PHASES and current.completion_time and not statuses.report_due(current)
-    if settled and current.observed_generation == generation:
+    if settled and current.observed_generation == ObjectMeta.of(body).generation:
         return  # nothing left to watch (report included); a spec edit or Job event wakes it again
     reconcile(str(namespace), name, "timer")
 
@@ -155,21 +154,18 @@ def sweep_deleted(namespace: str | None, name: str, **_: Any) -> None:
 
 @kopf.on.event("batch", "v1", "jobs", labels={rendering.SWEEP_LABEL: kopf.PRESENT})
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's keyword
-    owner = next(
-        (ref for ref in body.get("metadata", {}).get("ownerReferences") or [] if ref.get("kind") == KIND),
-        None,
-    )
+    metadata = ObjectMeta.of(body)
+    owner = metadata.owner(KIND)
     if owner is None:
         return
-    uid = str(body.get("metadata", {}).get("uid"))
     phase = statuses.observe_job(body).phase
     if type == "DELETED":
-        _job_phases.pop(uid, None)
-    elif _job_phases.get(uid) == phase:
+        _job_phases.pop(metadata.uid, None)
+    elif _job_phases.get(metadata.uid) == phase:
         return
     else:
-        _job_phases[uid] = phase
-    reconcile(str(body.get("metadata", {}).get("namespace")), str(owner["name"]), "job")
+        _job_phases[metadata.uid] = phase
+    reconcile(metadata.namespace, owner.name, "job")
 
 
 def _sweep_pass(namespace: str, name: str, trigger: str) -> None:
@@ -220,12 +216,8 @@ def _previous_status(body: Mapping[str, Any]) -> LoraSweepStatus:
         return LoraSweepStatus.model_validate(body.get("status") or {})
     except ValidationError as error:
         # A hand-edited or foreign status: rebuild from the Jobs rather than stop.
-        log.warning("status unreadable, rebuilding sweep=%s error=%s", body.get("metadata", {}).get("name"), error)
+        log.warning("status unreadable, rebuilding sweep=%s error=%s", ObjectMeta.of(body).name, error)
         return LoraSweepStatus()
-
-
-def _owned(job: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in job.get("metadata", {}).get("ownerReferences") or [])
 
 
 @dataclass
@@ -245,13 +237,13 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     body = kube.get_sweep(namespace, name)
     if body is None:
         return None  # deleted meanwhile
-    metadata = body.get("metadata") or {}
+    metadata = ObjectMeta.of(body)
     current = Pass(
         body=body,
         namespace=namespace,
         name=name,
-        uid=str(metadata.get("uid")),
-        generation=metadata.get("generation"),
+        uid=metadata.uid,
+        generation=metadata.generation,
         previous=_previous_status(body),
     )
     try:
@@ -264,17 +256,13 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         log.warning("invalid sweep namespace=%s sweep=%s problem=%s", namespace, name, error)
         raise Invalid(str(error)) from None
 
-    children = [job for job in kube.list_jobs(namespace, rendering.sweep_selector(name)) if _owned(job, current.uid)]
-    jobs = [statuses.observe_job(job) for job in children if not rendering.is_report(job)]
+    jobs: list[statuses.ObservedJob] = []
+    reports: list[statuses.ObservedJob] = []
+    for job in kube.list_jobs(namespace, rendering.sweep_selector(name)):
+        if ObjectMeta.of(job).owned_by(current.uid):
+            (reports if rendering.is_report(job) else jobs).append(statuses.observe_job(job))
     report_name = rendering.report_job_name(name, current.uid)
-    report_job = next(
-        (
-            statuses.observe_job(job)
-            for job in children
-            if rendering.is_report(job) and (job.get("metadata") or {}).get("name") == report_name
-        ),
-        None,
-    )
+    report_job = next((job for job in reports if job.name == report_name), None)
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
@@ -328,12 +316,12 @@ def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[Trial
     if source is None:
         return []
     body = kube.get_sweep(current.namespace, source.name)
-    phase = ((body or {}).get("status") or {}).get("phase")
-    if body is None or phase not in TERMINAL_SWEEP_PHASES:
+    status = _previous_status(body) if body is not None else None
+    if status is None or status.phase not in TERMINAL_SWEEP_PHASES:
         problem = (
             f"search.fromSweep: sweep {source.name!r} not found in namespace {current.namespace}"
-            if body is None
-            else f"search.fromSweep: waiting for sweep {source.name!r} to finish (phase {phase or 'Pending'})"
+            if status is None
+            else f"search.fromSweep: waiting for sweep {source.name!r} to finish (phase {status.phase})"
         )
         if current.previous.phase in TERMINAL_SWEEP_PHASES:
             raise Waiting(problem)  # finished long ago; its source may be gone: keep the status as it is
@@ -341,7 +329,7 @@ def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[Trial
             kube, current, statuses.waiting(current.previous, "WaitingForSource", problem, current.generation, now())
         )
         raise Waiting(problem)
-    return _previous_status(body).trials
+    return status.trials
 
 
 def _write(kube: Kube, current: Pass, new: LoraSweepStatus) -> int:

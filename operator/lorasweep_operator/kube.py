@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
 from lorasweep_operator import telemetry
 from lorasweep_operator.spec import GROUP, PLURAL, VERSION
 
@@ -41,6 +44,41 @@ class ApiError(Exception):
         super().__init__(f"{verb} {resource} failed: {code} {reason}")
         self.code = code
         self.transient = code in TRANSIENT_CODES
+
+
+class _Metadata(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+class OwnerReference(_Metadata):
+    kind: str = ""
+    name: str = ""
+    uid: str = ""
+
+
+class ObjectMeta(_Metadata):
+    """The metadata the handlers read off a sweep or Job body, parsed once instead of indexed."""
+
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+    generation: int | None = None
+    owner_references: list[OwnerReference] = Field(default_factory=list)
+
+    @field_validator("owner_references", mode="before")
+    @classmethod
+    def _null_is_none(cls, value: Any) -> Any:
+        return [] if value is None else value  # a client may send an empty list as null
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> ObjectMeta:
+        return cls.model_validate(body.get("metadata") or {})
+
+    def owner(self, kind: str) -> OwnerReference | None:
+        return next((ref for ref in self.owner_references if ref.kind == kind), None)
+
+    def owned_by(self, uid: str) -> bool:
+        return any(ref.uid == uid for ref in self.owner_references)
 
 
 def load_config() -> None:
