@@ -76,7 +76,7 @@ class EventLog:
 
 @dataclass
 class CorruptClips:
-    """Corrupt clips seen so far; past ``limit`` of them the dataset is unusable."""
+    """Corrupt clips seen so far; past ``max_fraction`` of the ``selected`` clips the dataset is unusable."""
 
     selected: int
     max_fraction: float
@@ -116,8 +116,6 @@ def describe_device(device: torch.device) -> str:
 
 
 def git_commit() -> str:
-    import os
-
     if commit := os.environ.get(GIT_COMMIT_ENV):
         return commit
     try:
@@ -374,12 +372,11 @@ def optimizer_step(
     return step + 1
 
 
-def publish(work: Path, output: str) -> str:
-    """Copy the artifacts to the trial's output, metrics.json last (its presence marks a complete trial)."""
-    for path in sorted(p for p in work.rglob("*") if p.is_file() and p.name != METRICS_FILE):
-        storage.write_bytes(storage.join(output, path.relative_to(work).as_posix()), path.read_bytes())
+def publish(work: Path, output: str, metrics: TrialMetrics) -> str:
+    """Copy the artifacts to the trial's output, then metrics.json (its presence marks a complete trial)."""
+    storage.upload_folder(work, output)
     metrics_uri = storage.join(output, METRICS_FILE)
-    storage.write_bytes(metrics_uri, (work / METRICS_FILE).read_bytes(), content_type="application/json")
+    storage.write_bytes(metrics_uri, metrics.to_json().encode(), content_type="application/json")
     return metrics_uri
 
 
@@ -388,8 +385,7 @@ def train(cfg: TrialConfig) -> tuple[TrialMetrics, str]:
     work = Path(tempfile.mkdtemp(prefix=f"lorasweep-{cfg.trial}-", dir=os.environ.get(WORK_DIR_ENV)))
     try:
         metrics = run_trial(cfg, work)
-        (work / METRICS_FILE).write_text(metrics.to_json())
-        return metrics, publish(work, cfg.output)
+        return metrics, publish(work, cfg.output, metrics)
     except Exception:
         keep_event_log(work / EVENT_LOG, cfg.output)
         raise
