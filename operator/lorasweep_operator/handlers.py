@@ -297,12 +297,7 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         namespace,
         name,
         new.phase,
-        {
-            "Pending": new.counts.pending,
-            "Running": new.counts.running,
-            "Succeeded": new.counts.succeeded,
-            "Failed": new.counts.failed,
-        },
+        new.counts.by_phase(),
         spec.objective.metric,
         new.best.objective if new.best else None,
         written,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -387,6 +387,9 @@ class TrialCounts(StatusModel):
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+
+    def by_phase(self) -> dict[str, int]:
+        return {phase: getattr(self, phase.lower()) for phase in get_args(TrialPhase)}
 
 
 class BestTrial(StatusModel):

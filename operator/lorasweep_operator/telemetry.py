@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Mapping
+from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from lorasweep_operator.spec import SweepPhase, TrialPhase
+from lorasweep_trainer.config import ObjectiveMetric
+
 PREFIX = "lorasweep_operator_"
-SWEEP_PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
-TRIAL_PHASES = ("Pending", "Running", "Succeeded", "Failed")
+SWEEP_PHASES: tuple[str, ...] = get_args(SweepPhase)
+TRIAL_PHASES: tuple[str, ...] = get_args(TrialPhase)
 
 SWEEPS = Gauge(f"{PREFIX}sweeps", "LoraSweeps by phase.", ["namespace", "phase"])
 TRIALS = Gauge(f"{PREFIX}trials", "A sweep's trials by phase.", ["namespace", "sweep", "phase"])
@@ -71,7 +76,7 @@ def record_sweep(
     namespace: str,
     sweep: str,
     phase: str,
-    trials: dict[str, int],
+    trials: Mapping[str, int],
     metric: str,
     best: float | None,
     status_bytes: int,
@@ -94,7 +99,7 @@ def forget_sweep(namespace: str, sweep: str) -> None:
         _publish_phases()
     for trial_phase in TRIAL_PHASES:
         _remove(TRIALS, namespace, sweep, trial_phase)
-    for metric in ("val_accuracy", "val_macro_f1", "val_loss"):
+    for metric in get_args(ObjectiveMetric):
         _remove(BEST_OBJECTIVE, namespace, sweep, metric)
     _remove(STATUS_BYTES, namespace, sweep)
     _remove(JOBS_CREATED, namespace, sweep)
