@@ -101,7 +101,7 @@ def bench_tiny_training(steps: int) -> None:
     base = modeling.build_base_model(cfg, CLASSES, seed=0)
     model = modeling.apply_lora(base, LoraConfig())
     crop = base.config.crop_size
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = torch.optim.AdamW(modeling.trainable_parameters(model), lr=1e-3)
     pixel_values = torch.randn(1, FRAMES, 3, crop, crop)
     labels = torch.tensor([1])
     model.train()
@@ -132,7 +132,7 @@ def bench_vitl(device: torch.device, iterations: int) -> None:
     cfg = ModelConfig(preset="vjepa2-vitl-256", frames_per_clip=FRAMES)
     base = modeling.build_base_model(cfg, CLASSES, seed=0, device=device)
     model = modeling.apply_lora(base, LoraConfig(rank=16, alpha=32))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    optimizer = torch.optim.AdamW(modeling.trainable_parameters(model), lr=2e-4)
     pixel_values = torch.randn(1, FRAMES, 3, 256, 256, device=device)
     labels = torch.tensor([1], device=device)
 

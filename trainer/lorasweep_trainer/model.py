@@ -129,6 +129,11 @@ def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> i
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def trainable_parameters(model: PeftModel) -> list[torch.nn.Parameter]:
+    """What the optimizer updates: the LoRA matrices and the classifier (``LORA_MODULES_TO_SAVE``)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def lora_state(model: PeftModel) -> dict[str, torch.Tensor]:
     """A CPU copy of the trainable weights (LoRA matrices and the saved classifier): the best epoch's state."""
     return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}

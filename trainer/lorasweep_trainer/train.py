@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,8 +180,9 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
     log.info("model ready trainable=%d total=%d device=%s", trainable_parameters, total_parameters, device)
 
     # Optimizer
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=training.learning_rate, weight_decay=training.weight_decay)
+    optimizer = torch.optim.AdamW(
+        modeling.trainable_parameters(model), lr=training.learning_rate, weight_decay=training.weight_decay
+    )
 
     # Data
     split = plan_split(cfg)
@@ -269,7 +270,7 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
         modeling.load_lora_state(model, best_state)
         timing_clips: list[torch.Tensor] = []
 
-        def keep_for_timing(clips: Any) -> Any:
+        def keep_for_timing(clips: Iterator[LoadedClip]) -> Iterator[LoadedClip]:
             for clip in clips:
                 if clip.pixel_values is not None and len(timing_clips) < INFERENCE_TIMING_CLIPS:
                     timing_clips.append(clip.pixel_values)
