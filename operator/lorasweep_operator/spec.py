@@ -422,6 +422,9 @@ class LoraSweepStatus(StatusModel):
     def to_patch(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
 
 # --- manifests ----------------------------------------------------------------------------------------------
 

@@ -257,8 +257,7 @@ def _table(rows: list[tuple[int, TrialStatus]], sign: float) -> tuple[list[Trial
     return kept, True
 
 
-def _best(rows: Sequence[tuple[int, TrialStatus]], spec: LoraSweepSpec) -> BestTrial | None:
-    sign = -1.0 if spec.objective.resolved_goal == "maximize" else 1.0
+def _best(rows: Sequence[tuple[int, TrialStatus]], spec: LoraSweepSpec, sign: float) -> BestTrial | None:
     candidates = [(i, r) for i, r in rows if r.phase == "Succeeded" and r.objective is not None]
     if not candidates:
         return None
@@ -319,7 +318,7 @@ def aggregate(
     for _, row in rows:
         setattr(counts, row.phase.lower(), getattr(counts, row.phase.lower()) + 1)
     table, truncated = _table(rows, sign)
-    best = _best(rows, spec)
+    best = _best(rows, spec, sign)
     if best is not None and (previous.best is None or previous.best.trial != best.trial):
         events.append(
             Event(
@@ -335,7 +334,7 @@ def aggregate(
         conditions,
         Condition(
             type=SUSPENDED,
-            status="True" if spec.suspend and phase not in ("Succeeded", "Failed") else "False",
+            status="True" if spec.suspend and phase not in TERMINAL_SWEEP_PHASES else "False",
             reason="SuspendedBySpec" if spec.suspend else "NotSuspended",
         ),
         now,
@@ -350,12 +349,12 @@ def aggregate(
         Condition(type=FAILED, status="True" if phase == "Failed" else "False", reason=reason, message=message),
         now,
     )
-    if phase != previous.phase and phase in ("Succeeded", "Failed"):
+    if phase != previous.phase and phase in TERMINAL_SWEEP_PHASES:
         events.append(Event("Normal" if phase == "Succeeded" else "Warning", reason, message))
 
     started = previous.start_time or (now if jobs or outcomes else None)
     completion = previous.completion_time
-    if phase in ("Succeeded", "Failed") and counts.running == 0 and not any(not j.terminal for j in jobs):
+    if phase in TERMINAL_SWEEP_PHASES and counts.running == 0 and not any(not j.terminal for j in jobs):
         completion = completion or now
     else:
         completion = None
@@ -445,7 +444,7 @@ def report_due(status: LoraSweepStatus) -> bool:
     """The sweep has finished and its report is neither written nor given up on."""
     if status.phase not in TERMINAL_SWEEP_PHASES or not status.completion_time or status.report_uri:
         return False
-    condition = next((c for c in status.conditions if c.type == REPORT_WRITTEN), None)
+    condition = status.condition(REPORT_WRITTEN)
     return condition is None or condition.status == "Unknown"
 
 
@@ -482,7 +481,7 @@ def _report_condition(
     status: LoraSweepStatus, state: Literal["True", "False", "Unknown"], reason: str, message: str, now: str
 ) -> tuple[LoraSweepStatus, bool]:
     """The status with ReportWritten set; True when the condition's reason changed (an Event is due)."""
-    old = next((c for c in status.conditions if c.type == REPORT_WRITTEN), None)
+    old = status.condition(REPORT_WRITTEN)
     condition = Condition(type=REPORT_WRITTEN, status=state, reason=reason, message=_clip(message) or "")
     changed = old is None or (old.status, old.reason) != (state, reason)
     return status.model_copy(update={"conditions": set_condition(status.conditions, condition, now)}), changed

@@ -59,7 +59,9 @@ def describe(name: str, status: LoraSweepStatus) -> list[str]:
             f"best: {best.trial} {best.metric}={best.objective:.4f} ({best.variant or best.group or 'baseline'})"
             + (f" metrics {best.metrics_uri}" if best.metrics_uri else "")
         )
-    report = next((c for c in status.conditions if c.type == "ReportWritten"), None)
+    from lorasweep_operator.status import REPORT_WRITTEN
+
+    report = status.condition(REPORT_WRITTEN)
     if status.report_uri:
         lines.append(f"report: {status.report_uri}")
     elif report is not None:  # on its way (a report Job runs), skipped, or failed: say which
