@@ -96,3 +96,9 @@ def test_train_reads_the_trial_file_before_the_env(monkeypatch: pytest.MonkeyPat
     code, summary = run_train(monkeypatch, tmp_path, json.dumps(VALID), "--trial", str(tmp_path / "trial.json"))
     assert code == 2 and summary["trial"] == "from-file"
     assert "training.epochs: Input should be greater than or equal to 1 (got 0)" in str(summary["message"])
+
+
+def test_train_with_an_unreadable_trial_file_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    code, summary = run_train(monkeypatch, tmp_path, None, "--trial", str(tmp_path / "missing.json"))
+    assert code == 2 and summary["reason"] == "InvalidConfig"
+    assert f"cannot read --trial {tmp_path / 'missing.json'}: No such file or directory" in str(summary["message"])

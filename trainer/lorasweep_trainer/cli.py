@@ -65,7 +65,11 @@ def _trial_id(text: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.trial:
-        text = Path(args.trial).read_text(encoding="utf-8")
+        try:
+            text = Path(args.trial).read_text(encoding="utf-8")
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            return fail("unknown", EXIT_INVALID_CONFIG, "InvalidConfig", f"cannot read --trial {args.trial}: {reason}")
     elif os.environ.get(TRIAL_ENV):
         text = os.environ[TRIAL_ENV]
     else:
