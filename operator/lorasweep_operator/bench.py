@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorasweep_operator import rendering
 from lorasweep_operator.devcluster import cluster as devcluster
 from lorasweep_operator.devcluster.cluster import free_ports, wait_for
 from lorasweep_operator.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -134,7 +135,7 @@ def run_size(dev: Any, size: int, parallelism: int, work: Path) -> Result:
     try:
         wait_for("the operator's metrics", lambda: _answers(metrics_port), 60, 0.1)
         time.sleep(1.0)  # kopf's watch streams start after its start-up handlers
-        selector = "lorasweep.dev/sweep=bench,lorasweep.dev/trial"  # trial Jobs, not the report Job
+        selector = f"{rendering.sweep_selector('bench')},{rendering.TRIAL_LABEL}"  # trial Jobs, not the report Job
 
         started = time.monotonic()
         custom.create_namespaced_custom_object(

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lorasweep_operator.local.runner import EXIT_BAD_INPUT, EXIT_OK, LocalSweep, RunOptions
     from lorasweep_operator.planning import plan
+    from lorasweep_operator.report import REPORT_FILE
     from lorasweep_operator.spec import load_sweep_file
 
     if args.parallel < 1:
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     code = LocalSweep(manifest, plan(manifest.spec, manifest.name), options).run()
     if code == EXIT_OK:
         print(
-            f"\nThe demo's report: {folder / 'report' / 'report.md'}\n"
+            f"\nThe demo's report: {folder / 'report' / REPORT_FILE}\n"
             f"Its sweep file: {sweep_file} (run it again with: lorasweep run {sweep_file} --out {folder})"
         )
     return code

@@ -336,9 +336,11 @@ class LocalSweep:
         return summary.metrics.get("val_accuracy", r.progress.val_accuracy)
 
     def failure_reason(self, r: Running, code: int) -> str:
+        from lorasweep_trainer.config import EXIT_DATASET_UNUSABLE, EXIT_INVALID_CONFIG
         from lorasweep_trainer.results import TerminationSummary
 
-        why = {2: "invalid trial configuration", 3: "dataset unusable"}.get(code, f"exit code {code}")
+        known = {EXIT_INVALID_CONFIG: "invalid trial configuration", EXIT_DATASET_UNUSABLE: "dataset unusable"}
+        why = known.get(code, f"exit code {code}")
         try:
             summary = TerminationSummary.decode((r.folder / "termination.json").read_text())
             if summary.status == "Failed" and summary.message:
