@@ -214,9 +214,9 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
             order = usable(split.train)
             random.Random(f"{cfg.seed}:{epoch}").shuffle(order)
             clips = loader.iterate(order, "train", train_seed=f"{cfg.seed}:{epoch}")
-            loss_sum, correct, seen, micro = 0.0, 0, 0, 0
+            loss_sum, correct, seen, micro_batches = 0.0, 0, 0, 0
             epoch_started = time.perf_counter()
-            compute = 0.0
+            compute_seconds = 0.0  # step_seconds is compute only; waiting for clips is data_wait_seconds
             for _samples, pixel_values, labels in batches(clips, training.batch_size, corrupt.add):
                 began = time.perf_counter()
                 labels = labels.to(device)
@@ -227,13 +227,13 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
                 loss_sum += loss.item() * len(labels)
                 correct += int((logits.argmax(-1) == labels).sum().item())
                 seen += len(labels)
-                micro += 1
-                compute += time.perf_counter() - began
-                if micro % training.gradient_accumulation_steps == 0:
-                    step = optimizer_step(model, optimizer, scheduler, telemetry, events, epoch, step, compute, loss)
-                    compute = 0.0
-            if micro % training.gradient_accumulation_steps:
-                step = optimizer_step(model, optimizer, scheduler, telemetry, events, epoch, step, compute, loss)
+                micro_batches += 1
+                compute_seconds += time.perf_counter() - began
+                if micro_batches % training.gradient_accumulation_steps == 0:
+                    step = optimizer_step(optimizer, scheduler, telemetry, events, epoch, step, compute_seconds, loss)
+                    compute_seconds = 0.0
+            if micro_batches % training.gradient_accumulation_steps:
+                step = optimizer_step(optimizer, scheduler, telemetry, events, epoch, step, compute_seconds, loss)
             if seen == 0:
                 raise data.DatasetError(f"no training clip of epoch {epoch} could be decoded")
             val = evaluate.predict(
@@ -285,7 +285,7 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
     # Artifacts
     best_record = history[best_epoch - 1]
     matrix = evaluate.confusion_matrix(test.labels, test.predicted, len(classes))
-    report = evaluate.per_class(matrix, classes)
+    per_class = evaluate.per_class(matrix, classes)
     telemetry.test_accuracy.set(test.accuracy)
     events.write("test", best_epoch=best_epoch, test_accuracy=test.accuracy, inference_ms_per_video=inference_ms)
     model.save_pretrained(str(work / ADAPTER_FOLDER))
@@ -327,7 +327,7 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
         val_loss=best_record.val_loss,
         val_macro_f1=best_record.val_macro_f1,
         test_accuracy=test.accuracy,
-        per_class=report,
+        per_class=per_class,
         confusion_matrix=matrix,
         trainable_parameters=trainable_parameters,
         total_parameters=total_parameters,
@@ -348,22 +348,22 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
 
 
 def optimizer_step(
-    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     telemetry: Telemetry,
     events: EventLog,
     epoch: int,
     step: int,
-    compute: float,
+    compute_seconds: float,
     loss: torch.Tensor,
 ) -> int:
+    """Update the weights and the learning rate, then record the step; returns the new step count."""
     began = time.perf_counter()
     learning_rate = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    seconds = compute + time.perf_counter() - began
+    seconds = compute_seconds + time.perf_counter() - began
     telemetry.optimizer_steps.inc()
     telemetry.step_seconds.observe(seconds)
     telemetry.learning_rate.set(learning_rate)
