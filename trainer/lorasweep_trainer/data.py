@@ -1,6 +1,6 @@
 """Which clips a trial uses: NTU RGB+D names, the class mapping, per-class selection and the split.
 
-Everything here is pure (lists in, lists out) except `list_clips`, which lists the source.
+Everything here is pure (lists in, lists out); `train.plan_split` lists the source and feeds it through.
 
 Split rule (deterministic, stratified): each class's selected clips are shuffled with the seed; then, going
 through the classes in config order, the *cumulative* train and val counts are rounded half-up

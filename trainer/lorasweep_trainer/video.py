@@ -42,9 +42,8 @@ def decode(data: bytes, sampler: Sampler, short_side: int | None = None) -> np.n
     kept). For 1080p clips and V-JEPA2's 292 px resize, decode + preprocessing then takes about 10% less CPU
     (measured: 321 vs 358 ms per clip, one core) and a clip's frames in flight are 8 x 519x292 instead of
     8 x 1920x1080 (3.6 MB instead of 50 MB, and no 200 MB float copy in the processor). Finding the size costs
-    one extra open and one decoded frame. decord's
-    scaler mishandles some sizes (e.g. width 48 comes back 48x48), so a failed or misshapen scaled decode falls
-    back to full frames rather than calling the clip corrupt.
+    one extra open and one decoded frame. decord's scaler mishandles some sizes (e.g. width 48 comes back
+    48x48), so a failed or misshapen scaled decode falls back to full frames rather than calling the clip corrupt.
     """
     import decord
 
