@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from lorasweep_operator.report.model import Goal, default_goal
 from lorasweep_trainer.config import (
     Contract,
     DatasetConfig,
@@ -258,15 +259,11 @@ class SearchSpec(Contract):
 
 class Objective(Contract):
     metric: ObjectiveMetric = "val_accuracy"
-    goal: Literal["maximize", "minimize"] | None = Field(
-        default=None, description="default: minimize for val_loss, maximize otherwise"
-    )
+    goal: Goal | None = Field(default=None, description="default: minimize for val_loss, maximize otherwise")
 
     @property
-    def resolved_goal(self) -> Literal["maximize", "minimize"]:
-        if self.goal is not None:
-            return self.goal
-        return "minimize" if self.metric == "val_loss" else "maximize"
+    def resolved_goal(self) -> Goal:
+        return self.goal if self.goal is not None else default_goal(self.metric)
 
 
 class Storage(Contract):

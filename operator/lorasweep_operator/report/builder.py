@@ -25,6 +25,7 @@ from lorasweep_operator.report.model import (
     ParamValue,
     Report,
     Reproducibility,
+    default_goal,
 )
 from lorasweep_operator.report.stats import mean_std, points_per_sample, wilson_interval
 from lorasweep_trainer.config import ObjectiveMetric
@@ -38,10 +39,6 @@ OBJECTIVE_NAMES = {
     "val_macro_f1": "validation macro F1",
     "val_loss": "validation loss",
 }
-
-
-def default_goal(objective: ObjectiveMetric) -> Goal:
-    return "minimize" if objective == "val_loss" else "maximize"
 
 
 def build_report(

@@ -16,6 +16,11 @@ Goal = Literal["maximize", "minimize"]
 ParamValue = float | int | str | bool | None
 
 
+def default_goal(metric: str) -> Goal:
+    """A loss is minimized, every other objective maximized."""
+    return "minimize" if metric == "val_loss" else "maximize"
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
