@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from lorasweep_operator.commands import aligned
+
 if TYPE_CHECKING:
     from lorasweep_operator.spec import LoraSweepStatus
 
@@ -84,9 +86,8 @@ def describe(name: str, status: LoraSweepStatus) -> list[str]:
                     t.reason or "",
                 )
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines.append("")
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+        lines += aligned(rows)
         if status.trials_truncated:
             lines.append(f"(the table keeps the top {len(status.trials)}; {counts.total} trials in all)")
     return lines

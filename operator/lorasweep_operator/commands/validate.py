@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from lorasweep_operator.commands import aligned
+
 if TYPE_CHECKING:
     from lorasweep_operator.planning import PlannedTrial
     from lorasweep_operator.spec import SweepManifest
@@ -79,6 +81,5 @@ def describe(manifest: SweepManifest, trials: Sequence[PlannedTrial]) -> list[st
                 t.variant or "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += aligned(rows)
     return lines
