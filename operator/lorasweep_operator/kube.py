@@ -222,7 +222,13 @@ class Kube:
         try:
             self._request("create", "events", "POST", f"/api/v1/namespaces/{namespace}/events", body=event)
         except ApiError as error:
-            log.warning("event not posted reason=%s error=%s", reason, error)
+            log.warning(
+                "event not posted namespace=%s sweep=%s reason=%s error=%s",
+                namespace,
+                metadata.get("name"),
+                reason,
+                error,
+            )
 
 
 def _sweeps(namespace: str) -> str:
