@@ -7,7 +7,7 @@ override equal to the baseline, the same value in two groups) is dropped, so the
 plus four groups plans exactly its 11 trials.
 
 A trial's id is a hash of its resolved training parameters and seed: the same configuration always gets
-the same id, so a restarted operator finds the Jobs it already made. Names are `naming` functions.
+the same id, so a restarted operator finds the Jobs it already made (`job_name`, `label_value`).
 """
 
 from __future__ import annotations
