@@ -16,15 +16,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from lorasweep_operator.report.model import Goal, default_goal
 from lorasweep_trainer.config import (
     Contract,
     DatasetConfig,
+    Goal,
     LoraConfig,
     ModelConfig,
     ObjectiveMetric,
     SplitConfig,
     TrainingConfig,
+    default_goal,
 )
 
 GROUP = "lorasweep.dev"

@@ -38,6 +38,7 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 REST: Final = "rest"
 
 ObjectiveMetric = Literal["val_accuracy", "val_macro_f1", "val_loss"]
+Goal = Literal["maximize", "minimize"]
 ModelPreset = Literal["tiny", "vjepa2-vitl-256"]
 
 
@@ -174,3 +175,8 @@ def trial_output(root: str, namespace: str, sweep: str, trial: str) -> str:
 def sweep_output(root: str, namespace: str, sweep: str) -> str:
     """``<output>/<namespace>/<sweep>/``: the trials and the report live under it."""
     return f"{root.rstrip('/')}/{namespace}/{sweep}/"
+
+
+def default_goal(metric: str) -> Goal:
+    """A loss is minimized, every other objective maximized."""
+    return "minimize" if metric == "val_loss" else "maximize"

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from lorasweep_operator.report.builder import build_report
-from lorasweep_operator.report.model import Goal, Report
-from lorasweep_trainer.config import ObjectiveMetric
+from lorasweep_operator.report.model import Report
+from lorasweep_trainer.config import Goal, ObjectiveMetric
 from lorasweep_trainer.results import TrialMetrics
 
 REPORT_FILE = "report.md"

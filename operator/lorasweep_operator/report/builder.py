@@ -18,17 +18,15 @@ from lorasweep_operator.report.model import (
     ClassResult,
     Configuration,
     EfficiencyRow,
-    Goal,
     GroupRow,
     GroupTable,
     Methodology,
     ParamValue,
     Report,
     Reproducibility,
-    default_goal,
 )
 from lorasweep_operator.report.stats import mean_std, points_per_sample, wilson_interval
-from lorasweep_trainer.config import ObjectiveMetric
+from lorasweep_trainer.config import Goal, ObjectiveMetric, default_goal
 from lorasweep_trainer.results import TrialMetrics
 
 BASELINE = "baseline"

@@ -11,14 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lorasweep_operator.report.stats import Interval
+from lorasweep_trainer.config import Goal
 
-Goal = Literal["maximize", "minimize"]
 ParamValue = float | int | str | bool | None
-
-
-def default_goal(metric: str) -> Goal:
-    """A loss is minimized, every other objective maximized."""
-    return "minimize" if metric == "val_loss" else "maximize"
 
 
 class Frozen(BaseModel):
