@@ -24,8 +24,10 @@ from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepSpec
 from lorasweep_trainer.config import (
     DEFAULT_TERMINATION_LOG,
     PERMANENT_EXIT_CODES,
+    REPORT_FOLDER,
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
+    TRIALS_FOLDER,
     sweep_output,
 )
 
@@ -225,7 +227,7 @@ def render_job(
 def report_prefixes(spec: LoraSweepSpec, namespace: str, sweep: str) -> tuple[str, str]:
     """Where a sweep's trials write their metrics (``trials/``) and where its report goes (``report/``)."""
     root = sweep_output(spec.storage.output, namespace, sweep)
-    return f"{root}trials/", f"{root}report/"
+    return f"{root}{TRIALS_FOLDER}", f"{root}{REPORT_FOLDER}"
 
 
 def report_command(

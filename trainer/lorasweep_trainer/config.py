@@ -167,9 +167,14 @@ class TrialConfig(Contract):
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
 
 
+# A sweep's folders under its output, for the operator, the local runner and the report alike.
+TRIALS_FOLDER = "trials/"
+REPORT_FOLDER = "report/"
+
+
 def trial_output(root: str, namespace: str, sweep: str, trial: str) -> str:
     """``<output>/<namespace>/<sweep>/trials/<trial>/`` (DESIGN.md "Artifacts")."""
-    return f"{sweep_output(root, namespace, sweep)}trials/{trial}/"
+    return f"{sweep_output(root, namespace, sweep)}{TRIALS_FOLDER}{trial}/"
 
 
 def sweep_output(root: str, namespace: str, sweep: str) -> str:

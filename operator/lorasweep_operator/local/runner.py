@@ -27,6 +27,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, TextIO
 
 from lorasweep_operator.local.progress import State, TrialProgress, event, last_epoch, render
+from lorasweep_trainer.config import REPORT_FOLDER, TRIALS_FOLDER
 from lorasweep_trainer.results import EVENT_LOG
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ class LocalSweep:
             # Local trials share one machine: no fixed metrics port to collide on, the device the user chose.
             self.configs[trial.id] = config.model_copy(
                 update={
-                    "output": storage.join(options.results, f"trials/{trial.id}/"),
+                    "output": storage.join(options.results, f"{TRIALS_FOLDER}{trial.id}/"),
                     "device": options.device,
                     "metrics_port": 0,
                 }
@@ -405,8 +406,8 @@ class LocalSweep:
             return EXIT_TRIALS_FAILED
         objective = self.manifest.spec.objective
         uri = publish_sweep_report(
-            storage.join(self.options.results, "trials/"),
-            storage.join(self.options.results, "report/"),
+            storage.join(self.options.results, TRIALS_FOLDER),
+            storage.join(self.options.results, REPORT_FOLDER),
             objective.metric,
             objective.resolved_goal,
             sweep=self.manifest.name,
