@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 KUBERNETES_VERSION = "v1.34.4"
 HELM_VERSION = "v3.19.0"
+# Part of the cache folder's name: bump it when the build flags change, so cached binaries are rebuilt.
+BUILD_REVISION = 2
 
 KUBERNETES_COMMANDS = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
@@ -56,7 +58,7 @@ def cache_root() -> Path:
 
 
 def build_folder() -> Path:
-    return cache_root() / "bin" / f"kubernetes-{KUBERNETES_VERSION}-helm-{HELM_VERSION}"
+    return cache_root() / "bin" / f"kubernetes-{KUBERNETES_VERSION}-helm-{HELM_VERSION}-build{BUILD_REVISION}"
 
 
 def locate() -> dict[str, Path]:
@@ -147,6 +149,19 @@ def _version_ldflags(version: str) -> str:
     return " ".join(["-s", "-w", *flags])
 
 
+def _helm_version_flags() -> list[str]:
+    # Without a cluster (`helm template`, `helm lint`) helm assumes the Kubernetes version it was
+    # built for, 1.20 unless told: tell it ours, or charts requiring a newer one fail to render.
+    major, minor, _ = KUBERNETES_VERSION.removeprefix("v").split(".")
+    flags = [
+        f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+    ]
+    for package in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        flags += [f"-X {package}.k8sVersionMajor={major}", f"-X {package}.k8sVersionMinor={minor}"]
+    return flags
+
+
 def build(names: list[str]) -> None:
     out = build_folder()
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +202,7 @@ def build(names: list[str]) -> None:
             module = src / f"helm-{HELM_VERSION}"
             _scratch_module(module, "helm", {"helm.sh/helm/v3": HELM_VERSION}, [], [HELM_PACKAGE])
             _run_go(["mod", "tidy"], module)
-            ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+            ldflags = " ".join(["-s -w", *_helm_version_flags()])
             _run_go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(staging / "helm"), HELM_PACKAGE], module)
         # Moved into place only when complete, so a killed build never leaves a half binary behind.
         for binary in staging.iterdir():
