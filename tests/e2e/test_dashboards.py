@@ -307,6 +307,9 @@ def test_every_expression_returns_data_from_a_real_prometheus(
         good = sample_sweep(namespace, s3_bucket, s3_server.endpoint_url)
         good["spec"]["search"] = {"list": [{"learningRate": 5.0e-3}]}
         good["spec"]["maxFailedTrials"] = 1
+        # rate() needs two scrapes while the trainer runs: on an idle machine the sample's two epochs
+        # are over in about a second, so train long enough for a dozen scrapes whatever the load.
+        good["spec"]["training"]["epochs"] = 20
         cluster.kubectl("apply", "-f", "-", input=json.dumps(good))
         # Two sweeps that go wrong on purpose, so the error panels have something to show: one names a source
         # sweep that does not exist (the API answers 404; the operator waits), one the operator rejects.
