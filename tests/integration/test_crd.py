@@ -7,14 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from operator_harness import apply, get_sweep, install_crd, learning_rates, sweep_manifest
+from operator_harness import apply, get_sweep, learning_rates, sweep_manifest
 
 from lorasweep_operator.spec import parse_spec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def crd(cluster: Any) -> None:
-    install_crd(cluster)
+pytestmark = pytest.mark.usefixtures("crd")
 
 
 def test_crd_installs_with_short_name_and_printer_columns(cluster: Any, namespace: str) -> None:

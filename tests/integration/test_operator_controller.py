@@ -4,8 +4,6 @@ deploy/rbac ServiceAccount's token, real Jobs run by the Job controller, pods ru
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,28 +14,15 @@ from operator_harness import (
     condition,
     events,
     get_sweep,
-    install_crd,
     job_finished,
     learning_rates,
     list_jobs,
     list_pods,
-    running_operator,
     sweep_manifest,
     wait_phase,
 )
 
 from fixtures_cluster import wait_for
-
-
-@pytest.fixture(scope="module", autouse=True)
-def crd(cluster: Any) -> None:
-    install_crd(cluster)
-
-
-@pytest.fixture
-def operator(cluster: Any, namespace: str, serviceaccount_kubeconfig: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, namespace, serviceaccount_kubeconfig, tmp_path) as process:
-        yield process
 
 
 def test_parallelism_2_with_5_trials_never_runs_more_than_2_and_succeeds(

@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import OPERATOR_ACCOUNT, bind_operator, install_crd
+from operator_harness import OPERATOR_ACCOUNT, bind_operator
 
-
-@pytest.fixture(scope="module", autouse=True)
-def crd(cluster: Any) -> None:
-    install_crd(cluster)
+pytestmark = pytest.mark.usefixtures("crd")
 
 
 def can(cluster: Any, kubeconfig: Path, namespace: str, verb: str, resource: str, subresource: str = "") -> bool:

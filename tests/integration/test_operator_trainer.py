@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,8 @@ from operator_harness import (
     condition,
     events,
     get_sweep,
-    install_crd,
     list_jobs,
     list_pods,
-    running_operator,
     wait_phase,
 )
 
@@ -35,17 +32,6 @@ from lorasweep_trainer.results import METRICS_SCHEMA
 
 BIN = Path(sys.executable).parent
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "samples" / "tiny-cpu-sweep.yaml"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def crd(cluster: Any) -> None:
-    install_crd(cluster)
-
-
-@pytest.fixture
-def operator(cluster: Any, namespace: str, serviceaccount_kubeconfig: Any, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, namespace, serviceaccount_kubeconfig, tmp_path) as process:
-        yield process
 
 
 def test_sweep_with_the_real_trainer_on_synthetic_clips_and_its_report_job(
