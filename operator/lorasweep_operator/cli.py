@@ -20,7 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("lorasweep_operator.commands.report", "build a sweep report from its trials' metrics.json"),
     "status": ("lorasweep_operator.commands.status", "show a LoraSweep's status from the cluster"),
     "operator": ("lorasweep_operator.commands.operator", "run the kopf operator"),
-    "dev": ("lorasweep_operator.devcluster.commands", "a local Kubernetes control plane (build, up, down, status, env)"),
+    "dev": (
+        "lorasweep_operator.devcluster.commands",
+        "a local Kubernetes control plane (build, up, down, status, env)",
+    ),
 }
 
 
