@@ -272,7 +272,8 @@ def test_reloaded_adapter_reproduces_test_predictions(trial: TrialRun, tmp_path:
     loader = ClipLoader(modeling.build_processor(base.config), 8, Telemetry("n", "s", "t"), prefetch=2, io_threads=2)
     samples = [Sample(uri, 0) for uri in metrics.test_predictions]
     try:
-        predictions = predict(reloaded, batches(loader.iterate(samples, "test"), 4, lambda clip: None), torch_cpu())
+        clips = batches(loader.iterate(samples, "test"), 4, lambda clip: None)
+        predictions = predict(reloaded, lambda pixels: reloaded(pixel_values_videos=pixels).logits, clips, torch_cpu())
     finally:
         loader.close()
     assert {

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lorasweep_trainer import sampling
+from lorasweep_trainer.decode import CorruptClip, decode
 from lorasweep_trainer.synth import SynthSpec, corrupt_bytes, encode_clip
-from lorasweep_trainer.video import CorruptClip, decode
 
 
 def clip(width: int, height: int, frames: int = 8, action: int = 1) -> bytes:

@@ -26,10 +26,11 @@ from lorasweep_trainer import model as modeling
 from lorasweep_trainer import sampling, storage
 from lorasweep_trainer.config import LoraConfig, ModelConfig
 from lorasweep_trainer.data import Sample
+from lorasweep_trainer.decode import decode
 from lorasweep_trainer.evaluate import autocast
 from lorasweep_trainer.synth import SynthSpec, write_dataset
 from lorasweep_trainer.telemetry import Telemetry
-from lorasweep_trainer.video import ClipLoader, decode
+from lorasweep_trainer.video import ClipLoader
 
 FRAMES = 8
 CLASSES = ["sit_down", "stand_up", "waving", "other"]
@@ -88,9 +89,7 @@ def bench_data(label: str, spec: SynthSpec, bucket: str) -> None:
         show(f"S3 GET + decode {FRAMES} frames to {short_side}p ({where})", rate(len(uris), get_decode))
         loader = ClipLoader(processor, FRAMES, Telemetry("bench", "bench", label), prefetch=1, io_threads=1)
         began = time.perf_counter()
-        loaded = sum(
-            1 for clip in loader.iterate([Sample(uri, 0) for uri in uris], "bench") if clip.pixel_values is not None
-        )
+        loaded = sum(1 for clip in loader.iterate([Sample(uri, 0) for uri in uris], "bench") if clip.inputs is not None)
         full = time.perf_counter() - began
         loader.close()
         show(f"S3 GET + decode + preprocess to 256 ({where})", rate(loaded, full))

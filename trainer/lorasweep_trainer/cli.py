@@ -21,12 +21,14 @@ from lorasweep_trainer.config import (
     EXIT_DATASET_UNUSABLE,
     EXIT_INVALID_CONFIG,
     EXIT_SUCCEEDED,
+    PREPARE_ENV,
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
     ConfigError,
+    PrepareConfig,
     TrialConfig,
 )
-from lorasweep_trainer.results import TerminationSummary
+from lorasweep_trainer.results import PrepareSummary, TerminationSummary
 
 log = logging.getLogger("lorasweep_trainer")
 
@@ -41,7 +43,7 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def write_termination(summary: TerminationSummary) -> None:
+def write_termination(summary: TerminationSummary | PrepareSummary) -> None:
     path = os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
     try:
         Path(path).write_text(summary.encode(), encoding="utf-8")
@@ -114,6 +116,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_SUCCEEDED
 
 
+def fail_preparation(code: int, reason: str, message: str) -> int:
+    log.error("preparation failed reason=%s message=%s", reason, message)
+    write_termination(PrepareSummary(status="Failed", reason=reason, message=message))
+    return code
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    text = Path(args.config).read_text(encoding="utf-8") if args.config else os.environ.get(PREPARE_ENV, "")
+    if not text:
+        return fail_preparation(EXIT_INVALID_CONFIG, "InvalidConfig", f"set {PREPARE_ENV} or pass --config FILE")
+    try:
+        cfg = PrepareConfig.model_validate_json(text)
+    except ValidationError as error:
+        message = f"invalid preparation configuration: {validation_message(error)}"
+        return fail_preparation(EXIT_INVALID_CONFIG, "InvalidConfig", message)
+
+    from lorasweep_trainer.data import DatasetError
+    from lorasweep_trainer.prepare import prepare
+
+    log.info("preparation starting sweep=%s cache=%s", cfg.sweep, cfg.cache.uri)
+    try:
+        summary = prepare(cfg)
+    except ConfigError as error:
+        return fail_preparation(EXIT_INVALID_CONFIG, "InvalidConfig", str(error))
+    except DatasetError as error:
+        return fail_preparation(EXIT_DATASET_UNUSABLE, "DatasetUnusable", str(error))
+    except Exception as error:
+        fail_preparation(1, "Error", f"{type(error).__name__}: {error}")
+        raise
+    write_termination(summary)
+    return EXIT_SUCCEEDED
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from lorasweep_trainer.synth import SynthSpec, write_dataset
 
@@ -178,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help=f"run one trial (config from ${TRIAL_ENV} or --trial)")
     train.add_argument("--trial", help=f"trial configuration JSON file (default: ${TRIAL_ENV})")
     train.set_defaults(func=cmd_train)
+
+    prepare = sub.add_parser(
+        "prepare", help=f"decode (and encode) a sweep's clips once into its cache (config from ${PREPARE_ENV})"
+    )
+    prepare.add_argument("--config", help=f"preparation configuration JSON file (default: ${PREPARE_ENV})")
+    prepare.set_defaults(func=cmd_prepare)
 
     synth = sub.add_parser("synth", help="write a synthetic NTU-like dataset to a folder or s3:// prefix")
     synth.add_argument("output", help="folder or s3://bucket/prefix/")

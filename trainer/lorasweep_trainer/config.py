@@ -148,6 +148,39 @@ class ModelConfig(Contract):
         return value
 
 
+FeatureCacheMode = Literal["auto", "on", "off"]
+
+# Leaf names of every module inside V-JEPA2's encoder (embeddings, layers, final norm), the same for every
+# size (a unit test compares them with the tiny preset and the ViT-L shape). A LoRA target with one of these
+# names adapts the encoder, whose output then changes with training and cannot be cached.
+ENCODER_MODULE_NAMES: Final = frozenset(
+    {"embeddings", "patch_embeddings", "proj", "layer", "norm1", "norm2", "attention", "query", "key", "value"}
+    | {"dropout", "drop_path", "mlp", "fc1", "fc2", "activation", "layernorm"}
+)
+
+
+def feature_cache_blocker(lora: LoraConfig, encoder_modules: frozenset[str] = ENCODER_MODULE_NAMES) -> str | None:
+    """Why the frozen encoder's features cannot be cached for a trial with this LoRA config; None when they can.
+
+    The trainer calls it again with the names of the model it really built (and checks the encoder's dropout and
+    drop-path, which only the model's config knows)."""
+    inside = sorted(set(lora.target_modules) & encoder_modules)
+    if inside:
+        return (
+            f"training.lora.targetModules {inside} name modules inside the encoder, so its output changes with "
+            "training; target only the pooler's q_proj, k_proj, v_proj, out_proj to use the feature cache"
+        )
+    return None
+
+
+class CacheConfig(Contract):
+    """Where a sweep's shared work lives and how a trial uses it (DESIGN.md "Artifacts": cache/)."""
+
+    uri: str = Field(min_length=1, description="the cache root: <output>/<namespace>/cache/ or a folder")
+    features: bool = Field(default=False, description="train the pooler and head on cached encoder outputs")
+    reason: str = Field(default="", description="why features are (not) used, for the log and metrics.json")
+
+
 class TrialConfig(Contract):
     """Everything one trial needs; what the operator writes and the trainer reads."""
 
@@ -165,6 +198,33 @@ class TrialConfig(Contract):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9400
     prefetch: Annotated[int, Field(ge=1, le=64)] = 4
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
+    cache: CacheConfig | None = Field(default=None, description="read decoded frames or features from here")
+
+
+class PrepareConfig(Contract):
+    """A sweep's preparation step: decode every clip once (and encode it once) for all of its trials."""
+
+    namespace: str = "default"
+    sweep: str = Field(min_length=1)
+    model: ModelConfig = ModelConfig()
+    dataset: DatasetConfig
+    seeds: tuple[int, ...] = Field(default=(42,), min_length=1)
+    epochs: Annotated[int, Field(ge=1, le=1000)] = Field(default=5, description="the most epochs any trial runs")
+    cache: CacheConfig = Field(description="features: cache the encoder's output (the trials allow it)")
+    frames: bool = Field(default=False, description="cache decoded frames too (trials that cannot use features)")
+    require_features: bool = Field(default=False, description="featureCache: on; a model that forbids it fails")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    io_threads: Annotated[int, Field(ge=1, le=64)] = 4
+    encode_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+
+
+PREPARE_ENV = "LORASWEEP_PREPARE"
+CACHE_FOLDER = "cache/"
+
+
+def cache_root(root: str, namespace: str) -> str:
+    """``<output>/<namespace>/cache/``: content-keyed, so every sweep of the namespace shares it."""
+    return f"{root.rstrip('/')}/{namespace}/{CACHE_FOLDER}"
 
 
 # A sweep's folders under its output, for the operator, the local runner and the report alike.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,18 +38,26 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # a batch of model inputs -> logits
+
+
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, batches: Iterable[tuple[list[Sample], torch.Tensor, torch.Tensor]], device: torch.device
+    model: torch.nn.Module,
+    forward: Forward,
+    batches: Iterable[tuple[list[Sample], torch.Tensor, torch.Tensor]],
+    device: torch.device,
 ) -> Predictions:
+    """``forward`` runs the model on its inputs: pixels through the whole model, or cached encoder features
+    through the pooler and head; ``model`` is put in eval mode first."""
     model.eval()
     uris: list[str] = []
     labels: list[int] = []
     predicted: list[int] = []
     loss_sum = 0.0
-    for samples, pixel_values, batch_labels in batches:
+    for samples, inputs, batch_labels in batches:
         with autocast(device):
-            logits = model(pixel_values_videos=pixel_values.to(device)).logits.float()
+            logits = forward(inputs.to(device)).float()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch_labels.to(device), reduction="sum").item()
         uris += [sample.uri for sample in samples]
         labels += batch_labels.tolist()
@@ -88,32 +96,31 @@ def macro_f1(report: dict[str, ClassMetrics]) -> float:
 
 
 @torch.no_grad()
-def inference_ms_per_video(model: torch.nn.Module, pixel_values: Sequence[torch.Tensor], device: torch.device) -> float:
-    """Mean forward time per clip at batch 1, after one warm-up forward, synchronised on CUDA."""
-    if not pixel_values:
+def inference_ms_per_video(
+    model: torch.nn.Module, forward: Forward, inputs: Sequence[torch.Tensor], device: torch.device
+) -> float:
+    """Mean ``forward`` time per clip at batch 1, after one warm-up forward, synchronised on CUDA."""
+    if not inputs:
         return 0.0
     model.eval()
-
-    def forward(clip: torch.Tensor) -> None:
-        with autocast(device):
-            model(pixel_values_videos=clip.unsqueeze(0).to(device))
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    forward(pixel_values[0])
+    with autocast(device):
+        forward(inputs[0].unsqueeze(0).to(device))
     sync()
     elapsed = 0.0
-    for clip in pixel_values:
+    for clip in inputs:
         batch = clip.unsqueeze(0).to(device)  # the transfer is data loading, not inference: keep it out
         sync()
         started = time.perf_counter()
         with autocast(device):
-            model(pixel_values_videos=batch)
+            forward(batch)
         sync()
         elapsed += time.perf_counter() - started
-    return 1000.0 * elapsed / len(pixel_values)
+    return 1000.0 * elapsed / len(inputs)
 
 
 def confusion_png(matrix: list[list[int]], classes: Sequence[str], title: str, path: Path) -> None:

@@ -13,7 +13,7 @@ bit-identical, which is what lets a saved adapter be reloaded and reproduce pred
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, cast
 
 import torch
@@ -21,7 +21,9 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2VideoProcessor
 
+from lorasweep_trainer import config as contract
 from lorasweep_trainer.config import ConfigError, LoraConfig, ModelConfig
+from lorasweep_trainer.evaluate import autocast
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -144,3 +146,54 @@ def load_lora_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
+
+
+# --- the frozen encoder and the trained head, apart (the sweep's feature cache) ----------------------------
+
+
+def encoder_module_names(model: VJEPA2ForVideoClassification) -> frozenset[str]:
+    return frozenset(name.rsplit(".", 1)[-1] for name, _ in model.vjepa2.encoder.named_modules() if name)
+
+
+def feature_cache_blocker(model: VJEPA2ForVideoClassification, lora: LoraConfig) -> str | None:
+    """Why this model's encoder output cannot be cached under ``lora`` (None when it can): a LoRA target inside
+    the encoder, or randomness in it while training (attention dropout, drop-path)."""
+    return encoder_randomness(model) or contract.feature_cache_blocker(lora, encoder_module_names(model))
+
+
+def encoder_randomness(model: VJEPA2ForVideoClassification) -> str | None:
+    """What makes the encoder random while training (attention dropout, drop-path), or None."""
+    randomness = {
+        name: value
+        for name in ("attention_probs_dropout_prob", "drop_path_rate")
+        if (value := getattr(model.config, name, 0.0)) > 0
+    }
+    if randomness:
+        return f"the encoder is random while training ({randomness}), so its output cannot be computed once"
+    return None
+
+
+def encoder_features(
+    model: VJEPA2ForVideoClassification, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Normalised pixels (B, T, C, H, W) -> the encoder's last hidden state (B, tokens, hidden): what the
+    classifier's forward feeds its pooler (``skip_predictor=True``), computed in eval mode without gradients."""
+
+    @torch.no_grad()
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        model.vjepa2.eval()
+        with autocast(device):
+            out = model.vjepa2(pixel_values_videos=pixels.to(device), skip_predictor=True).last_hidden_state
+        return cast(torch.Tensor, out)
+
+    return encode
+
+
+def head_logits(model: PeftModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Encoder features -> logits through the (LoRA-adapted) pooler and the classifier, as the full forward does."""
+    base = model.get_base_model()
+
+    def forward(features: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, base.classifier(base.pooler(features)))
+
+    return forward

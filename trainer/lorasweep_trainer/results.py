@@ -62,6 +62,13 @@ class ClassMetrics(Record):
     support: int
 
 
+class FeatureCacheUse(Record):
+    """Whether the trial trained on cached encoder features, and why (not)."""
+
+    used: bool
+    reason: str
+
+
 class TrialMetrics(Record):
     schema_: Literal["lorasweep.metrics/v1"] = Field(METRICS_SCHEMA, alias="schema")
     sweep: str
@@ -94,6 +101,8 @@ class TrialMetrics(Record):
     test_predictions: dict[str, str] = Field(
         default_factory=dict, description="test clip key -> predicted class, from the best epoch's adapter"
     )
+    feature_cache: FeatureCacheUse | None = None
+    cache: dict[str, int] | None = Field(default=None, description="cache shards hit/built/rejected, decodes")
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -128,6 +137,26 @@ class TerminationSummary(BaseModel):
     @classmethod
     def decode(cls, text: str) -> TerminationSummary:
         return cls.model_validate(json.loads(text))
+
+
+class PrepareSummary(BaseModel):
+    """The preparation step's outcome (its termination message): what the cache holds and what it took."""
+
+    status: Literal["Succeeded", "Failed"]
+    reason: str = ""
+    message: str = ""
+    features: bool = False
+    cache_uri: str = ""
+    shards: int = 0
+    stats: dict[str, int] = Field(default_factory=dict, description="cache.CacheStats: hits, built, decodes, ...")
+    corrupt_clips: int = 0
+    seconds: float = 0.0
+
+    def encode(self) -> str:
+        text = self.model_dump_json()
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+            text = self.model_copy(update={"message": self.message[:200]}).model_dump_json()
+        return text
 
 
 HEADLINE_METRICS = (

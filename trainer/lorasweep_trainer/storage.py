@@ -42,6 +42,7 @@ class StoredObject:
     uri: str
     name: str  # the last path component, e.g. S001C001P001R001A008_rgb.avi
     size: int
+    etag: str = ""  # S3's ETag, or a local file's modification time: with the size, what identifies its content
 
 
 def is_s3(uri: str) -> bool:
@@ -124,7 +125,12 @@ def list_objects(source: str) -> list[StoredObject]:
         paginator = s3_client().get_paginator("list_objects_v2")
         try:
             found = [
-                StoredObject(uri=f"s3://{bucket}/{item['Key']}", name=item["Key"].rsplit("/", 1)[-1], size=item["Size"])
+                StoredObject(
+                    uri=f"s3://{bucket}/{item['Key']}",
+                    name=item["Key"].rsplit("/", 1)[-1],
+                    size=item["Size"],
+                    etag=str(item.get("ETag", "")).strip('"'),
+                )
                 for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
                 for item in page.get("Contents", [])
             ]
@@ -138,9 +144,9 @@ def list_objects(source: str) -> list[StoredObject]:
         if not root.is_dir():
             raise FileNotFoundError(f"dataset folder {source!r} does not exist")
         found = [
-            StoredObject(uri=str(path), name=path.name, size=path.stat().st_size)
+            StoredObject(uri=str(path), name=path.name, size=stat.st_size, etag=f"mtime:{stat.st_mtime_ns}")
             for path in root.rglob("*")
-            if path.is_file()
+            if path.is_file() and (stat := path.stat())
         ]
     return sorted(found, key=lambda item: item.uri)
 
@@ -202,3 +208,17 @@ def upload_folder(folder: Path, prefix: str) -> list[str]:
         write_bytes(uri, path.read_bytes())
         written.append(uri)
     return written
+
+
+def read_bytes_if_exists(uri: str) -> bytes | None:
+    """`read_bytes`, or None when there is no such object or file (a cache miss, not an error)."""
+    try:
+        return read_bytes(uri)
+    except FileNotFoundError:
+        return None
+    except Exception as error:
+        from botocore.exceptions import ClientError
+
+        if isinstance(error, ClientError) and error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            return None
+        raise

@@ -34,16 +34,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 
-from lorasweep_trainer import data, evaluate, storage
+from lorasweep_trainer import cache, data, evaluate, storage
 from lorasweep_trainer import model as modeling
-from lorasweep_trainer.config import WORK_DIR_ENV, ConfigError, TrialConfig
+from lorasweep_trainer.config import WORK_DIR_ENV, ConfigError, DatasetConfig, TrialConfig
+from lorasweep_trainer.decode import DecodePool
 from lorasweep_trainer.results import (
     ADAPTER_FOLDER,
     EVENT_LOG,
     METRICS_FILE,
     DatasetSizes,
     EpochMetrics,
+    FeatureCacheUse,
     TrialMetrics,
     TrialParams,
 )
@@ -132,9 +135,9 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
 
 
-def plan_split(cfg: TrialConfig) -> data.Split:
-    """List the source, map clips to classes, select ``videos_per_class`` each and split (dataset.seed)."""
-    dataset = cfg.dataset
+def plan_split(dataset: DatasetConfig) -> tuple[data.Split, dict[str, tuple[str, int]]]:
+    """List the source, map clips to classes, select ``videos_per_class`` each and split (dataset.seed); with
+    every listed object's (ETag, size), what the cache keys a clip's content by."""
     try:
         objects = storage.list_objects(dataset.source)
     except FileNotFoundError as error:
@@ -142,7 +145,108 @@ def plan_split(cfg: TrialConfig) -> data.Split:
     clips = data.ntu_clips((item.uri, item.name) for item in objects)
     grouped = data.clips_by_class(clips, dataset.classes)
     selected = data.select(grouped, dataset.videos_per_class, dataset.seed, dataset.source)
-    return data.split(selected, dataset.split, dataset.seed)
+    return data.split(selected, dataset.split, dataset.seed), {item.uri: (item.etag, item.size) for item in objects}
+
+
+@dataclass
+class TrialInputs:
+    """Where a trial's model inputs come from and how the model consumes them: streamed clips through the full
+    model, or the sweep's cache (decoded frames through the full model, or encoder features through the pooler
+    and head only)."""
+
+    train: Callable[[list[data.Sample], int], Iterator[LoadedClip]]  # (clips in order, epoch)
+    evaluate: Callable[[list[data.Sample], str], Iterator[LoadedClip]]  # (clips, split name)
+    forward: Callable[[torch.Tensor], torch.Tensor]  # a batch of inputs -> logits
+    feature_cache: FeatureCacheUse
+    close: Callable[[], None]
+    stats: cache.CacheStats = field(default_factory=cache.CacheStats)
+    encoder_ms_per_video: float = 0.0  # features: the encoder's share of inference, timed once by the preparation
+
+
+def streamed_inputs(cfg: TrialConfig, model: PeftModel, loader: ClipLoader, reason: str) -> TrialInputs:
+    return TrialInputs(
+        train=lambda samples, epoch: loader.iterate(samples, "train", train_seed=f"{cfg.seed}:{epoch}"),
+        evaluate=lambda samples, split: loader.iterate(samples, split),
+        forward=lambda pixels: model(pixel_values_videos=pixels).logits,
+        feature_cache=FeatureCacheUse(used=False, reason=reason),
+        close=loader.close,
+    )
+
+
+def cached_inputs(
+    cfg: TrialConfig,
+    model: PeftModel,
+    processor: Any,
+    split: data.Split,
+    etags: dict[str, tuple[str, int]],
+    device: torch.device,
+) -> TrialInputs:
+    """The trial's shards (computed from its own config and model, so a stale entry is never found); a shard
+    that is missing or fails its checksum is built here from the source clips and saved for the next trial."""
+    assert cfg.cache is not None
+    base = model.get_base_model()
+    blocker = modeling.feature_cache_blocker(base, cfg.training.lora) if cfg.cache.features else None
+    features = cfg.cache.features and blocker is None
+    frames_context = cache.frames_context(processor, cfg.model.frames_per_clip)
+    context = frames_context
+    if features:
+        context = cache.features_context(frames_context, cache.encoder_digest(base.vjepa2.encoder), precision(device))
+    decoder = DecodePool(cfg.io_threads)
+    builder = cache.Builder(
+        processor,
+        cfg.model.frames_per_clip,
+        decoder,
+        encoders={context.get("encoder", ""): modeling.encoder_features(base, device)},
+        fetch_threads=cfg.io_threads,
+    )
+    store = cache.ShardStore(cfg.cache.uri)
+    kind: cache.Kind = "features" if features else "frames"
+    stats = cache.CacheStats()
+
+    rows: dict[str, dict[str, torch.Tensor]] = {}  # part -> clip URI -> its frames or features
+    undecodable: dict[str, str] = {}  # clip URI -> why the shard has no row for it
+
+    def load_part(name: str, items: list[cache.Item]) -> float | None:
+        specs = cache.part_specs(kind, name, items, context)
+        shards = cache.ensure(store, builder, specs, stats)
+        rows[name] = {}
+        for spec in specs:
+            rows[name].update(shards[spec.key].rows())
+            undecodable.update(shards[spec.key].corrupt)
+        return shards[specs[0].key].encoder_ms_per_video
+
+    def clips(samples: list[data.Sample], name: str) -> Iterator[LoadedClip]:
+        for sample in samples:
+            row = rows[name].get(sample.uri)
+            if row is None:
+                yield LoadedClip(sample, None, undecodable.get(sample.uri, "not in the cache shard"))
+            else:
+                yield LoadedClip(sample, row if features else cache.normalize(processor, row))
+
+    def train_clips(samples: list[data.Sample], epoch: int) -> Iterator[LoadedClip]:
+        rows.pop(cache.train_part(cfg.seed, epoch - 1), None)  # one epoch's rows in memory at a time
+        name = cache.train_part(cfg.seed, epoch)
+        load_part(name, cache.train_items(split, etags, cfg.seed, epoch))
+        return clips(samples, name)
+
+    encoder_ms = load_part(cache.EVAL_PART, cache.eval_items(split, etags))
+    head = modeling.head_logits(model)
+    reason = cfg.cache.reason if features else (blocker or cfg.cache.reason or "featureCache is off")
+    log.info("trial inputs from the cache kind=%s uri=%s reason=%s", kind, cfg.cache.uri, reason)
+    return TrialInputs(
+        train=train_clips,
+        evaluate=lambda samples, _split: clips(samples, cache.EVAL_PART),
+        forward=head if features else (lambda pixels: model(pixel_values_videos=pixels).logits),
+        feature_cache=FeatureCacheUse(used=features, reason=reason),
+        close=decoder.close,
+        stats=stats,
+        encoder_ms_per_video=(encoder_ms or 0.0) if features else 0.0,
+    )
+
+
+def precision(device: torch.device) -> str:
+    """What the encoder computes in: bf16 under CUDA autocast, fp32 on CPU (`evaluate.autocast`)."""
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def lr_lambda(total_steps: int, warmup_fraction: float, schedule: str) -> Callable[[int], float]:
@@ -185,10 +289,15 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
     )
 
     # Data
-    split = plan_split(cfg)
+    split, etags = plan_split(cfg.dataset)
     selected = len(split.train) + len(split.val) + len(split.test)
     corrupt = CorruptClips(selected, cfg.dataset.max_corrupt_fraction, events)
-    loader = ClipLoader(processor, cfg.model.frames_per_clip, telemetry, cfg.prefetch, cfg.io_threads)
+    if cfg.cache is None:
+        loader = ClipLoader(processor, cfg.model.frames_per_clip, telemetry, cfg.prefetch, cfg.io_threads)
+        inputs = streamed_inputs(cfg, model, loader, "no cache: the trial was started without a preparation step")
+    else:
+        inputs = cached_inputs(cfg, model, processor, split, etags, device)
+    log.info("feature cache used=%s reason=%s", inputs.feature_cache.used, inputs.feature_cache.reason)
     events.write("dataset", classes=classes, train=len(split.train), val=len(split.val), test=len(split.test))
 
     def usable(samples: list[data.Sample]) -> list[data.Sample]:
@@ -213,15 +322,15 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
             model.train()
             order = usable(split.train)
             random.Random(f"{cfg.seed}:{epoch}").shuffle(order)
-            clips = loader.iterate(order, "train", train_seed=f"{cfg.seed}:{epoch}")
+            clips = inputs.train(order, epoch)
             loss_sum, correct, seen, micro_batches = 0.0, 0, 0, 0
             epoch_started = time.perf_counter()
             compute_seconds = 0.0  # step_seconds is compute only; waiting for clips is data_wait_seconds
-            for _samples, pixel_values, labels in batches(clips, training.batch_size, corrupt.add):
+            for _samples, batch, labels in batches(clips, training.batch_size, corrupt.add):
                 began = time.perf_counter()
                 labels = labels.to(device)
                 with evaluate.autocast(device):
-                    logits = model(pixel_values_videos=pixel_values.to(device)).logits.float()
+                    logits = inputs.forward(batch.to(device)).float()
                 loss = torch.nn.functional.cross_entropy(logits, labels)
                 (loss / training.gradient_accumulation_steps).backward()
                 loss_sum += loss.item() * len(labels)
@@ -236,9 +345,8 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
                 step = optimizer_step(optimizer, scheduler, telemetry, events, epoch, step, compute_seconds, loss)
             if seen == 0:
                 raise data.DatasetError(f"no training clip of epoch {epoch} could be decoded")
-            val = evaluate.predict(
-                model, batches(loader.iterate(usable(split.val), "val"), training.batch_size, corrupt.add), device
-            )
+            val_batches = batches(inputs.evaluate(usable(split.val), "val"), training.batch_size, corrupt.add)
+            val = evaluate.predict(model, inputs.forward, val_batches, device)
             val_matrix = evaluate.confusion_matrix(val.labels, val.predicted, len(classes))
             record = EpochMetrics(
                 epoch=epoch,
@@ -272,15 +380,17 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
 
         def keep_for_timing(clips: Iterator[LoadedClip]) -> Iterator[LoadedClip]:
             for clip in clips:
-                if clip.pixel_values is not None and len(timing_clips) < INFERENCE_TIMING_CLIPS:
-                    timing_clips.append(clip.pixel_values)
+                if clip.inputs is not None and len(timing_clips) < INFERENCE_TIMING_CLIPS:
+                    timing_clips.append(clip.inputs)
                 yield clip
 
-        test_clips = keep_for_timing(loader.iterate(usable(split.test), "test"))
-        test = evaluate.predict(model, batches(test_clips, training.batch_size, corrupt.add), device)
-        inference_ms = evaluate.inference_ms_per_video(model, timing_clips, device)
+        test_clips = keep_for_timing(inputs.evaluate(usable(split.test), "test"))
+        test = evaluate.predict(model, inputs.forward, batches(test_clips, training.batch_size, corrupt.add), device)
+        inference_ms = inputs.encoder_ms_per_video + evaluate.inference_ms_per_video(
+            model, inputs.forward, timing_clips, device
+        )
     finally:
-        loader.close()
+        inputs.close()
 
     # Artifacts
     best_record = history[best_epoch - 1]
@@ -341,6 +451,8 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
         split=split.keys(),
         corrupt_clips=list(corrupt.uris),
         test_predictions={uri: classes[p] for uri, p in zip(test.uris, test.predicted, strict=True)},
+        feature_cache=inputs.feature_cache,
+        cache=inputs.stats.as_dict() if cfg.cache is not None else None,
     )
     events.close()
     telemetry.push()
