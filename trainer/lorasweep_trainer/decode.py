@@ -144,22 +144,24 @@ class DecodePool:
 
     `decode` blocks the calling thread until its clip is done, so a thread pool of fetchers can feed it; a
     crashed worker breaks the whole pool (that is how ProcessPoolExecutor reports it), so the pool is rebuilt
-    and every caller whose clip was in flight tries once more.
+    and every caller whose clip was in flight tries once more, alone.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, work: Callable[..., list[np.ndarray] | str] | None = None) -> None:
         self.workers = workers
+        self.work = work or _worker_decode  # a module-level function (it is pickled by name to the workers)
         self.crashes = 0
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+    def _new_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(max_workers=workers or self.workers, mp_context=context)
 
     def _submit(self, *args: object) -> tuple[ProcessPoolExecutor, Future[list[np.ndarray] | str]]:
         with self._lock:
             pool = self._pool
-            return pool, pool.submit(_worker_decode, *args)
+            return pool, pool.submit(self.work, *args)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -171,19 +173,25 @@ class DecodePool:
     def decode(
         self, data: bytes, requests: Sequence[FrameRequest], frames_per_clip: int, short_side: int | None
     ) -> list[np.ndarray]:
-        """`decode_clip` in a worker; CorruptClip for an undecodable clip or one that crashed the decoder twice."""
-        for attempt in range(1, CRASH_ATTEMPTS + 1):
-            pool, future = self._submit(data, tuple(requests), frames_per_clip, short_side)
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                self._replace(pool)
-                log.warning("decoder worker died, replaced attempt=%d", attempt)
-                continue
-            if isinstance(result, str):
-                raise CorruptClip(result)
-            return result
-        raise CorruptClip(f"the decoder crashed on this clip {CRASH_ATTEMPTS} times")
+        """`decode_clip` in a worker; CorruptClip for an undecodable clip or one that crashed the decoder twice.
+
+        A crash breaks the shared pool and fails every clip in flight, not only the one that crashed; so the retry
+        runs alone, in a process of its own, where only the culprit can crash again."""
+        args = (data, tuple(requests), frames_per_clip, short_side)
+        pool, future = self._submit(*args)
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            self._replace(pool)
+            log.warning("decoder worker died, retrying the clip in a process of its own")
+            with self._new_pool(workers=1) as alone:
+                try:
+                    result = alone.submit(self.work, *args).result()
+                except BrokenProcessPool:
+                    raise CorruptClip(f"the decoder crashed on this clip {CRASH_ATTEMPTS} times") from None
+        if isinstance(result, str):
+            raise CorruptClip(result)
+        return result
 
     def close(self) -> None:
         with self._lock:
