@@ -25,6 +25,7 @@ import kopf
 from pydantic import ValidationError
 
 from lorasweep_operator import planning, rendering, telemetry
+from lorasweep_operator import preparation as preparations
 from lorasweep_operator import status as statuses
 from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
 from lorasweep_operator.report import REPORT_FILE
@@ -36,6 +37,7 @@ from lorasweep_operator.spec import (
     VERSION,
     LoraSweepSpec,
     LoraSweepStatus,
+    PreparationStatus,
     SpecError,
     TrialStatus,
     parse_spec,
@@ -257,18 +259,26 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         raise Invalid(str(error)) from None
 
     jobs: list[statuses.ObservedJob] = []
-    reports: list[statuses.ObservedJob] = []
+    others: dict[str, statuses.ObservedJob] = {}  # the report and preparation Jobs, by name
     for job in kube.list_jobs(namespace, rendering.sweep_selector(name)):
         if ObjectMeta.of(job).owned_by(current.uid):
-            (reports if rendering.is_report(job) else jobs).append(statuses.observe_job(job))
-    report_name = rendering.report_job_name(name, current.uid)
-    report_job = next((job for job in reports if job.name == report_name), None)
+            observed = statuses.observe_job(job)
+            if rendering.component(job) in (rendering.REPORT_COMPONENT, preparations.COMPONENT):
+                others[observed.name] = observed
+            else:
+                jobs.append(observed)
+    report_job = others.get(rendering.report_job_name(name, current.uid))
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
 
+    # No preparation for a command of the user's own, nor once every trial has finished (a sweep from before
+    # preparation steps existed).
+    needed = preparations.wanted(spec) and any(trial.id not in current.previous.outcomes for trial in plan)
+    preparation = _prepare(kube, current, spec, plan, others, pods) if needed else None
     launched = []
-    for trial in statuses.launches(spec, plan, jobs, current.previous):
+    ready = preparation is None or preparation.phase == "Succeeded"
+    for trial in statuses.launches(spec, plan, jobs, current.previous) if ready else []:
         if kube.create_job(rendering.render_job(spec, namespace, name, current.uid, trial)):
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
@@ -286,7 +296,10 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         )
 
     result = statuses.aggregate(spec, plan, jobs, current.previous, current.generation, now())
-    new = result.status
+    if preparation is None:  # what the preparation left is kept, as the trials' outcomes are
+        new = result.status.model_copy(update={"preparation": current.previous.preparation})
+    else:
+        new = preparations.apply(result.status, preparation, now())
     current.events.extend(result.events)
     if statuses.report_due(new):
         new = _report(kube, current, spec, new, report_job, pods)
@@ -303,6 +316,44 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         written,
     )
     return new
+
+
+def _prepare(
+    kube: Kube,
+    current: Pass,
+    spec: LoraSweepSpec,
+    plan: list[planning.PlannedTrial],
+    jobs: Mapping[str, statuses.ObservedJob],
+    pods: _Pods,
+) -> PreparationStatus:
+    """The preparation's state; its Job is created when the cache is not ready and no Job works on it."""
+    preparation = preparations.plan_preparation(spec, current.namespace, current.name, plan)
+    job = jobs.get(preparation.job_name)
+    summary = None
+    if job is not None and job.terminal:
+        found = statuses.termination_message_of(pods.get(), preparation.job_name, preparations.CONTAINER)
+        summary = preparations.summary_of(found)
+    state = preparations.observe(
+        preparation,
+        current.previous.preparation,
+        job.phase if job is not None else None,
+        job.reason if job is not None else None,
+        job.message if job is not None else None,
+        summary,
+    )
+    if state.phase == "Pending" and job is None and not spec.suspend:
+        body = rendering.render_prepare_job(spec, current.namespace, current.name, current.uid, preparation)
+        if kube.create_job(body):
+            log.info(
+                "preparation job created namespace=%s sweep=%s job=%s",
+                current.namespace,
+                current.name,
+                body["metadata"]["name"],
+            )
+            current.events.append(
+                statuses.Event("Normal", "Preparing", f"created preparation Job {preparation.job_name}")
+            )
+    return state
 
 
 def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[TrialStatus]:

@@ -32,7 +32,7 @@ from lorasweep_operator.spec import (
     TrainingOverride,
     TrialStatus,
 )
-from lorasweep_trainer.config import TrialConfig, trial_output
+from lorasweep_trainer.config import CacheConfig, TrialConfig, trial_output
 
 TRIAL_ID_LENGTH = 10
 NAME_LIMIT = 63
@@ -319,8 +319,10 @@ def trial_config(
     sweep: str,
     trial: PlannedTrial,
     output_root: str | None = None,
+    cache: CacheConfig | None = None,
 ) -> TrialConfig:
-    """The `LORASWEEP_TRIAL` document for one planned trial; `output_root` defaults to `spec.storage.output`."""
+    """The `LORASWEEP_TRIAL` document for one planned trial; `output_root` defaults to `spec.storage.output`;
+    ``cache``: where the preparation left the trial's inputs (preparation.plan_preparation)."""
     root = output_root if output_root is not None else spec.storage.output
     return TrialConfig(
         namespace=namespace,
@@ -333,4 +335,5 @@ def trial_config(
         training=trial.training,
         seed=trial.seed,
         output=trial_output(root, namespace, sweep, trial.id),
+        cache=cache,
     )

@@ -18,12 +18,14 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lorasweep_operator import preparation as preparations
 from lorasweep_operator.commands.report import PERMANENT_EXIT_CODES as REPORT_PERMANENT_EXIT_CODES
 from lorasweep_operator.planning import PlannedTrial, job_name, label_value, short_hash, trial_config
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepSpec
 from lorasweep_trainer.config import (
     DEFAULT_TERMINATION_LOG,
     PERMANENT_EXIT_CODES,
+    PREPARE_ENV,
     REPORT_FOLDER,
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
@@ -84,9 +86,15 @@ def report_labels(sweep: str) -> dict[str, str]:
     }
 
 
+def component(job_or_pod: Mapping[str, Any]) -> str | None:
+    """``trial``, ``report`` or ``prepare``: which of a sweep's children a Job or pod (as the API returns it) is."""
+    value = ((job_or_pod.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
+    return None if value is None else str(value)
+
+
 def is_report(job_or_pod: Mapping[str, Any]) -> bool:
     """A report Job or its pod (both carry the report labels), as the API returns them."""
-    return ((job_or_pod.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL) == REPORT_COMPONENT
+    return component(job_or_pod) == REPORT_COMPONENT
 
 
 def report_job_name(sweep: str, sweep_uid: str) -> str:
@@ -181,8 +189,8 @@ def render_job(
     sweep_uid: str,
     trial: PlannedTrial,
 ) -> dict[str, Any]:
-    """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`."""
-    config = trial_config(spec, namespace, sweep, trial)
+    """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`, reading the preparation's cache."""
+    config = trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
     env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
     container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
     container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
@@ -277,6 +285,43 @@ def render_report_job(
             "name": report_job_name(sweep, sweep_uid),
             "namespace": namespace,
             "labels": labels,
+            "ownerReferences": [owner_reference(sweep, sweep_uid)],
+        },
+        "spec": job_spec,
+    }
+
+
+def render_prepare_job(
+    spec: LoraSweepSpec, namespace: str, sweep: str, sweep_uid: str, preparation: preparations.Preparation
+) -> dict[str, Any]:
+    """The batch/v1 Job of the sweep's preparation step: placed, sized and retried like a trial (it runs the
+    encoder on the trials' GPU type), with the trials' storage access."""
+    env = [{"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    container = _container(spec, preparations.CONTAINER, list(preparations.COMMAND), env, _resources(spec))
+    labels = {**report_labels(sweep), COMPONENT_LABEL: preparations.COMPONENT}
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": _failure_policy(preparations.CONTAINER, PERMANENT_EXIT_CODES),
+        "template": {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container)},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    if spec.queue_name:
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": preparation.job_name,
+            "namespace": namespace,
+            "labels": job_labels,
             "ownerReferences": [owner_reference(sweep, sweep_uid)],
         },
         "spec": job_spec,

@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 from lorasweep_trainer.config import (
     Contract,
     DatasetConfig,
+    FeatureCacheMode,
     Goal,
     LoraConfig,
     ModelConfig,
@@ -26,6 +27,7 @@ from lorasweep_trainer.config import (
     SplitConfig,
     TrainingConfig,
     default_goal,
+    feature_cache_blocker,
 )
 
 GROUP = "lorasweep.dev"
@@ -54,6 +56,7 @@ __all__ = [
     "LoraSweepStatus",
     "ModelConfig",
     "Objective",
+    "PreparationStatus",
     "RandomSearch",
     "SearchGroup",
     "SearchSpec",
@@ -319,6 +322,36 @@ class LoraSweepSpec(Contract):
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     queue_name: str | None = Field(default=None, description="Kueue LocalQueue; Jobs are created suspended for it")
+    feature_cache: FeatureCacheMode = Field(
+        default="auto",
+        description="train on the frozen encoder's features computed once: auto (where LoRA leaves the encoder "
+        "alone), on (required: a sweep that cannot is invalid), off (decoded frames only)",
+    )
+
+    @model_validator(mode="after")
+    def _feature_cache_possible(self) -> LoraSweepSpec:
+        if self.feature_cache != "on":
+            return self
+        for where, lora in self.lora_configs():
+            if (blocker := feature_cache_blocker(lora)) is not None:
+                raise ValueError(f"featureCache: on, but {where}: {blocker}; or set featureCache: auto")
+        return self
+
+    def lora_configs(self) -> list[tuple[str, LoraConfig]]:
+        """spec.training's LoRA config and every one a search value can make (where each comes from)."""
+        overrides: list[tuple[str, TrainingOverride | None]] = []
+        for group in self.search.groups or []:
+            overrides += [(f"search.groups[{group.name}].values[{i}]", v) for i, v in enumerate(group.values)]
+        overrides += [(f"search.list[{i}]", value) for i, value in enumerate(self.search.explicit or [])]
+        if self.search.from_sweep is not None:
+            overrides.append(("search.fromSweep.override", self.search.from_sweep.override))
+        found = [("spec.training.lora", self.training.lora)]
+        for where, override in overrides:
+            if override is not None and override.lora is not None and override.lora.target_modules is not None:
+                found.append(
+                    (where, self.training.lora.model_copy(update={"target_modules": override.lora.target_modules}))
+                )
+        return found
 
     @field_validator("command")
     @classmethod
@@ -338,7 +371,7 @@ class StatusModel(BaseModel):
 
 
 TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
-SweepPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+SweepPhase = Literal["Pending", "Preparing", "Running", "Suspended", "Succeeded", "Failed"]
 TERMINAL_TRIAL_PHASES: tuple[TrialPhase, ...] = ("Succeeded", "Failed")
 TERMINAL_SWEEP_PHASES: tuple[SweepPhase, ...] = ("Succeeded", "Failed")
 
@@ -403,6 +436,19 @@ class BestTrial(StatusModel):
     summary: str = Field(description="'<objective> <variant>', the Best printer column")
 
 
+class PreparationStatus(StatusModel):
+    """The sweep's preparation step (decode once, encode once): its Job and what it left in the cache."""
+
+    job: str
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"]
+    cache_uri: str
+    features: bool = False
+    reason: str | None = None
+    message: str | None = None
+    stats: dict[str, int] = Field(default_factory=dict)
+    seconds: float | None = None
+
+
 class LoraSweepStatus(StatusModel):
     phase: SweepPhase = "Pending"
     message: str | None = None
@@ -416,6 +462,7 @@ class LoraSweepStatus(StatusModel):
     start_time: str | None = None
     completion_time: str | None = None
     report_uri: str | None = None
+    preparation: PreparationStatus | None = None
 
     def to_patch(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -461,6 +461,17 @@ def report_inputs(status: LoraSweepStatus) -> tuple[list[str], dict[str, str]]:
     return sorted(status.outcomes), failed
 
 
+def termination_message_of(pods: Sequence[Mapping[str, Any]], job: str, container: str) -> str | None:
+    """The latest termination message of Job `job`'s pods (its container ``container``)."""
+    found = [
+        message
+        for pod in pods
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL) == job
+        and (message := termination_message(pod, container)) is not None
+    ]
+    return max(found)[1] if found else None
+
+
 def report_summary(pods: Sequence[Mapping[str, Any]], job: str) -> ReportSummary | None:
     """The latest termination summary of report Job `job`'s pods; a crash's log tail as a Failed one."""
     latest: tuple[str, str] | None = None

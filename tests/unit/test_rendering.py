@@ -7,7 +7,7 @@ from typing import Any
 
 from kubernetes import client
 
-from lorasweep_operator import planning, rendering
+from lorasweep_operator import planning, preparation, rendering
 from lorasweep_operator.spec import LoraSweepSpec, parse_spec
 from lorasweep_trainer.config import TrialConfig
 
@@ -36,7 +36,11 @@ def test_job_runs_the_trainer_with_the_trial_contract() -> None:
     assert "args" not in container
     env = {item["name"]: item["value"] for item in container["env"]}
     config = TrialConfig.model_validate_json(env["LORASWEEP_TRIAL"])
-    assert config == planning.trial_config(spec, "research", "phase1", trial)
+    cache = preparation.trial_cache(spec, "research", trial)
+    assert config == planning.trial_config(spec, "research", "phase1", trial, cache=cache)
+    assert (
+        config.cache is not None and config.cache.uri == "s3://bucket/sweeps/research/cache/" and config.cache.features
+    )
     assert json.loads(env["LORASWEEP_TRIAL"])["training"]["learningRate"] == 1e-3  # camelCase on the wire
     assert env["LORASWEEP_TERMINATION_LOG"] == "/dev/termination-log"
     assert "AWS_ENDPOINT_URL_S3" not in env
