@@ -88,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
     sweep_file = folder / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(demo_manifest(clips, folder), sort_keys=False))
     manifest = load_sweep_file(sweep_file)
-    options = RunOptions(results=str(folder), state=folder, parallel=args.parallel, device="cpu")
+    options = RunOptions(
+        results=str(folder),
+        state=folder,
+        parallel=args.parallel,
+        device="cpu",
+        resume_command=["lorasweep", "demo", "--dir", str(args.dir), "--parallel", str(args.parallel)],
+    )
     code = LocalSweep(manifest, plan(manifest.spec, manifest.name), options).run()
     if code == EXIT_OK:
         print(
