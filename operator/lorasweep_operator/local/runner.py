@@ -453,6 +453,7 @@ class LocalSweep:
             sweep=self.manifest.name,
             failed=self.failures,
             trials=[t.trial for t in self.progress],
+            class_actions=self.manifest.spec.dataset.classes,
         )
         self.say(f"report: {uri}")
         return EXIT_TRIALS_FAILED if self.failures else EXIT_OK
