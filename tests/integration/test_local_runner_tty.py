@@ -17,9 +17,11 @@ import termios
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from test_local_runner import tiny_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +31,12 @@ ETA = re.compile(r"ETA \d+m\d\ds")
 
 def sweep_file(folder: Path, clips: Path) -> Path:
     """Three trials, one at a time; 12 epochs of 12 clips, so the runner's 0.5 s redraws catch an epoch."""
-    document = {
-        "apiVersion": "lorasweep.dev/v1alpha1",
-        "kind": "LoraSweep",
-        "metadata": {"name": "tty"},
-        "spec": {
-            "image": "lorasweep-trainer:cpu",
-            "model": {"name": "tiny", "preset": "tiny", "framesPerClip": 4},
-            "dataset": {
-                "source": f"{clips}/",
-                "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},
-                "videosPerClass": 8,
-                "split": {"train": 0.5, "val": 0.25, "test": 0.25},
-            },
-            "training": {"epochs": 12, "batchSize": 2, "gradientAccumulationSteps": 1, "learningRate": 3.0e-3},
-            "search": {"list": [{"learningRate": 1.0e-2}, {"learningRate": 3.0e-3}, {"learningRate": 1.0e-3}]},
-            "parallelism": 1,
-            "storage": {"output": "s3://unused/"},
-        },
-    }
+    document: dict[str, Any] = tiny_sweep(clips)
+    document["metadata"]["name"] = "tty"
+    spec = document["spec"]
+    spec["dataset"]["videosPerClass"] = 8
+    spec["training"]["epochs"] = 12
+    spec["search"] = {"list": [{"learningRate": 1.0e-2}, {"learningRate": 3.0e-3}, {"learningRate": 1.0e-3}]}
     path = folder / "sweep file.yaml"  # a space: the printed command must quote it
     path.write_text(yaml.safe_dump(document))
     return path
@@ -128,13 +117,11 @@ def test_a_terminal_shows_progress_and_ctrl_c_prints_a_working_resume_command(tm
     match = re.search(r"to resume, run `([^`]+)`: it runs the (\d+) trials? without results", screen)
     assert match, screen
     resume = shlex.split(match.group(1))
-    assert resume == ["lorasweep", "run", sweep.name, "--out", "out", "--device", "cpu"]
+    assert resume == [str(BIN / "lorasweep"), "run", sweep.name, "--out", "out", "--device", "cpu"]
     assert int(match.group(2)) == 3 - ran
 
     # The printed command, run as printed (from the same folder), off a terminal: plain lines, no redraws.
-    rerun = subprocess.run(
-        [str(BIN / resume[0]), *resume[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    rerun = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"sweep tty: 3 trials, {ran} finished before (skipped)" in rerun.stdout
     assert len(re.findall(r"^trial [0-9a-f]{10} running ", rerun.stdout, re.MULTILINE)) == 3 - ran, rerun.stdout

@@ -103,7 +103,8 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_the_resume_command_repeats_the_file_folder_and_options() -> None:
+def test_the_resume_command_repeats_the_file_folder_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["pytest"])  # not called as lorasweep: the command on PATH
     assert resume_command(parse("s.yaml")) == ["lorasweep", "run", "s.yaml"]
     assert resume_command(parse("my sweep.yaml", "--out", "o", "-p", "3", "--device", "cpu", "-n", "ns")) == [
         "lorasweep",
@@ -119,6 +120,8 @@ def test_the_resume_command_repeats_the_file_folder_and_options() -> None:
         "cpu",
     ]
     assert resume_command(parse("s.yaml", "--to-storage")) == ["lorasweep", "run", "s.yaml", "--to-storage"]
+    monkeypatch.setattr("sys.argv", [".venv/bin/lorasweep", "run", "s.yaml"])
+    assert resume_command(parse("s.yaml")) == [".venv/bin/lorasweep", "run", "s.yaml"]
 
 
 def test_commands_log_warnings_only_unless_asked() -> None:

@@ -67,7 +67,7 @@ def make_clips(clips: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from lorasweep_operator.local.runner import EXIT_BAD_INPUT, EXIT_OK, LocalSweep, RunOptions
+    from lorasweep_operator.local.runner import EXIT_BAD_INPUT, EXIT_OK, LocalSweep, RunOptions, program
     from lorasweep_operator.planning import plan
     from lorasweep_operator.report import REPORT_FILE
     from lorasweep_operator.spec import load_sweep_file
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         state=folder,
         parallel=args.parallel,
         device="cpu",
-        resume_command=["lorasweep", "demo", "--dir", str(args.dir), "--parallel", str(args.parallel)],
+        resume_command=[program(), "demo", "--dir", str(args.dir), "--parallel", str(args.parallel)],
     )
     code = LocalSweep(manifest, plan(manifest.spec, manifest.name), options).run()
     if code == EXIT_OK:

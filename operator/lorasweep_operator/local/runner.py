@@ -127,9 +127,15 @@ def run(args: argparse.Namespace) -> int:
     return LocalSweep(manifest, trials, options).run()
 
 
+def program() -> str:
+    """How the user called lorasweep (``.venv/bin/lorasweep``, say), so a printed command runs as it is."""
+    called = sys.argv[0] if sys.argv else ""
+    return called if Path(called).name == "lorasweep" else "lorasweep"
+
+
 def resume_command(args: argparse.Namespace) -> list[str]:
     """The `lorasweep run` command that picks this run up again: the same file, folder and options."""
-    command = ["lorasweep", "run", args.sweep_file]
+    command = [program(), "run", args.sweep_file]
     if args.out:
         command += ["--out", args.out]
     if args.to_storage:
