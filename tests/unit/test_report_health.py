@@ -79,8 +79,8 @@ def test_the_best_still_rising_is_told_to_train_longer(trials: list[TrialMetrics
     report = build_report([by_id(trials, "ref-lr-1e-3"), by_id(trials, "ref-baseline")])
     assert report.best.label == "LR=1e-3"
     assert (
-        "The best configuration's validation accuracy was still rising at the last epoch (73.33% → 80.00%): "
-        "more epochs would likely help: train it longer (more epochs)."
+        "The best configuration's validation accuracy was still rising at its last epoch (73.33% → 80.00%): "
+        "train it longer (more epochs)."
     ) in report.recommendations
 
 
@@ -154,6 +154,9 @@ def test_data_without_a_class_map_or_split_says_what_it_counts(trials: list[Tria
 def test_a_one_trial_sweep_reads_correctly(trials: list[TrialMetrics]) -> None:
     only = by_id(trials, "ref-lr-1e-3").model_copy(update={"group": None, "variant": None})
     report = build_report([only])
+    listed = build_report([only.model_copy(update={"group": "list", "variant": "learningRate=0.001"})])
+    assert not any("largest effect" in line for line in listed.summary)  # a one-row group compares nothing
+    assert "The configuration's validation accuracy was still rising at its last epoch" in listed.recommendations[1]
     text = render_markdown(report, list(render(report)))
     assert report.baseline is None
     assert report.summary[0].startswith("The sweep ran 1 trial (1 configuration × 1 seed) of ")

@@ -475,7 +475,7 @@ def _summary(
                 else "its validation interval is clear of the baseline's."
             )
         )
-    if groups:
+    if groups and len(groups[0].rows) > 1:
         top = groups[0]
         lines.append(
             f"The largest effect comes from the {top.name} group: validation accuracy spans "
@@ -548,12 +548,17 @@ def _recommendations(
             "extend the search beyond it."
         )
     curve = next((d for d in dynamics.rows if d.configuration == best.key), None) if dynamics else None
+    who = "The best configuration" if len(ranked) > 1 else "The configuration"
     if curve is not None and curve.trend == "still rising":
-        lines.append(f"The best configuration's {curve.note}: train it longer (more epochs).")
+        before, last = curve.epochs[-2], curve.epochs[-1]
+        lines.append(
+            f"{who}'s validation accuracy was still rising at its last epoch ({fmt.percent(before.val_accuracy)} → "
+            f"{fmt.percent(last.val_accuracy)}): train it longer (more epochs)."
+        )
     elif best.best_epochs and all(e >= best.epochs for e in best.best_epochs):
-        lines.append(f"The best configuration peaked at its last epoch ({best.epochs}/{best.epochs}): train it longer.")
+        lines.append(f"{who} peaked at its last epoch ({best.epochs}/{best.epochs}): train it longer.")
     elif curve is not None and curve.trend == "peaked early":
-        lines.append(f"The best configuration's {curve.note}: fewer epochs would give the same result sooner.")
+        lines.append(f"{who}'s {curve.note}: fewer epochs would give the same result sooner.")
     if len(methodology.seeds) == 1:
         who = "Every configuration" if len(ranked) > 1 else "The configuration"
         lines.append(
