@@ -29,7 +29,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorasweep", description="LoRA hyperparameter sweeps for video models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v info, -vv debug (default: warnings only; `operator` logs info, -v debug)",
+    )
+    parser.add_argument("--version", action="version", version=version_line("lorasweep"))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, summary) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
@@ -38,13 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_line(program: str) -> str:
+    """``lorasweep 0.1.0``: the installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{program} {version('lorasweep')}"
+    except PackageNotFoundError:
+        return f"{program} (not installed as a distribution)"
+
+
+def log_level(module: object, verbose: int) -> int:
+    """Warnings only for commands people watch, so log lines do not mix with their output; a service
+    (the operator) declares its own ``LOG_LEVEL``. Each -v is one level more."""
+    base = int(getattr(module, "LOG_LEVEL", logging.WARNING))
+    return max(logging.DEBUG, base - 10 * verbose)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    module = importlib.import_module(args.module_name)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=log_level(module, args.verbose),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    module = importlib.import_module(args.module_name)
     return int(module.run(args))
 
 

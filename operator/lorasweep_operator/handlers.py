@@ -452,6 +452,7 @@ def write_report(current: Pass, spec: LoraSweepSpec, status: LoraSweepStatus) ->
             sweep=current.name,
             failed=failed,
             trials=trials,
+            class_actions=spec.dataset.classes,
         )
     except Exception as error:  # a report failure must never fail the sweep
         log.warning("report failed namespace=%s sweep=%s error=%s", current.namespace, current.name, error)

@@ -17,11 +17,14 @@ Every name the operator exports (dashboards use only these; `METRIC_NAMES` lists
 - ``lorasweep_operator_api_request_duration_seconds{verb, resource}``: histogram, Kubernetes API calls.
 - ``lorasweep_operator_status_bytes{namespace, sweep}``: gauge, size of the sweep's status as written (the API
   server rejects objects over ~1.5 MB).
+- ``lorasweep_operator_build_info{version, python}``: gauge, always 1: which release runs (and, by its absence,
+  that none does: the chart's LoraSweepOperatorDown alert).
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import threading
 from collections.abc import Mapping
 from typing import get_args
@@ -54,6 +57,7 @@ API_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 STATUS_BYTES = Gauge(f"{PREFIX}status_bytes", "Size of the sweep's status as written.", ["namespace", "sweep"])
+BUILD_INFO = Gauge(f"{PREFIX}build_info", "The operator's release; always 1.", ["version", "python"])
 
 METRIC_NAMES = (
     f"{PREFIX}sweeps",
@@ -65,6 +69,7 @@ METRIC_NAMES = (
     f"{PREFIX}api_errors_total",
     f"{PREFIX}api_request_duration_seconds",
     f"{PREFIX}status_bytes",
+    f"{PREFIX}build_info",
 )
 
 _phases: dict[tuple[str, str], str] = {}
@@ -117,6 +122,18 @@ def _publish_phases() -> None:
         for phase in SWEEP_PHASES:
             count = sum(1 for (ns, _), p in _phases.items() if ns == namespace and p == phase)
             SWEEPS.labels(namespace=namespace, phase=phase).set(count)
+
+
+def build_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lorasweep")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.labels(version=build_version(), python=platform.python_version()).set(1)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod serves its metrics on all interfaces

@@ -45,8 +45,20 @@ def test_demo_runs_a_sweep_and_reports_it(tmp_path: Path) -> None:
     ranked = [float(line.split("|")[2].split("%")[0]) for line in top]
     assert ranked == sorted(ranked, reverse=True)
     assert ranked[0] == round(100 * max(t.val_accuracy for t in trials), 2)
-    for figure in ("confusion-matrix.png", "group-learning-rate.png", "group-lora-rank.png"):
+    for figure in ("confusion-matrix.png", "group-learning-rate.png", "group-lora-rank.png", "training-curves.png"):
         assert (folder / "report" / figure).read_bytes()[:4] == b"\x89PNG"
+    # Training dynamics from every trial's per-epoch history, with the figure of the top curves.
+    assert "## Training dynamics" in report and "](training-curves.png)" in report
+    for t in trials:
+        curve = " → ".join(f"{100 * e.val_accuracy:.0f}" for e in t.epochs)
+        assert f"| {t.best_epoch}/{t.params.epochs} | {curve} |" in report, curve
+    # Data: clips per split and class (the demo's four classes), nothing corrupt in synthetic clips.
+    assert "## Data" in report
+    assert "| Split | Clips | Corrupt, skipped | other | sit_down | stand_up | waving |" in report
+    for split in ("train", "val", "test"):
+        size = getattr(trials[0].dataset, split)
+        assert f"| {split} | {size} | 0 |" in report
+    assert "none was skipped" in report
 
     # Running it again finds every trial finished and only rewrites the report.
     again = subprocess.run(

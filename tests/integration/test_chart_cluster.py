@@ -1,7 +1,7 @@
 """The real API server accepts every object the chart renders, in a namespace that enforces Pod Security
 "restricted", for the default values and every ci/ values file.
 
-ServiceMonitor and PodMonitor are checked against the Prometheus Operator's own CRDs (their published
+ServiceMonitor, PodMonitor and PrometheusRule are checked against the Prometheus Operator's own CRDs (their published
 OpenAPI schemas), taken from its Go module through the Go toolchain the test bed already needs.
 """
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 def monitoring_crds() -> list[Path]:
-    """The ServiceMonitor and PodMonitor CRDs as the Prometheus Operator publishes them (cached by Go)."""
+    """The ServiceMonitor, PodMonitor and PrometheusRule CRDs as the Prometheus Operator publishes them (cached by Go)."""
     result = subprocess.run(
         ["go", "mod", "download", "-json", PROMETHEUS_OPERATOR],
         capture_output=True,
@@ -41,7 +41,10 @@ def monitoring_crds() -> list[Path]:
     )
     assert result.returncode == 0, f"cannot fetch {PROMETHEUS_OPERATOR} through the Go module proxy: {result.stderr}"
     folder = Path(json.loads(result.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
-    return [folder / f"monitoring.coreos.com_{plural}.yaml" for plural in ("servicemonitors", "podmonitors")]
+    return [
+        folder / f"monitoring.coreos.com_{plural}.yaml"
+        for plural in ("servicemonitors", "podmonitors", "prometheusrules")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +54,11 @@ def helm(cluster: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def prepared(cluster: Any) -> None:
-    """The CRDs every render needs: the chart's own and the Prometheus Operator's two."""
+    """The CRDs every render needs: the chart's own and the Prometheus Operator's three."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     for path in monitoring_crds():
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    for name in ("servicemonitors", "podmonitors", "lorasweeps"):
+    for name in ("servicemonitors", "podmonitors", "prometheusrules", "lorasweeps"):
         group = "lorasweep.dev" if name == "lorasweeps" else "monitoring.coreos.com"
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}.{group}", "--timeout=60s")
 

@@ -117,8 +117,8 @@ def test_progress_reads_the_trainer_event_log(tmp_path: Path) -> None:
         TrialProgress("c3", "lora-rank", 8, State.DONE_BEFORE),
     ]
     lines = render("demo", trials, now=75.0)
-    assert lines[0] == "sweep demo: 3 trials: 1 running, 1 pending, 0 succeeded, 0 failed, 1 done before"
-    assert lines[1] == "  a1  epoch 2/8  val_acc  56.2%  1m15s  baseline"
+    assert lines[0] == "sweep demo: 1/3 trials; 1 done, 1 running, 0 failed, 1 pending; ETA after the first epoch"
+    assert lines[1] == "  a1  starting     val_acc  56.2%  1m15s  baseline"
     assert len(lines) == 2
 
 

@@ -210,9 +210,14 @@ def test_mean_std_single_value_has_no_spread() -> None:
 
 
 def test_inconsistent_metrics_are_flagged(trials: list[TrialMetrics]) -> None:
-    # The reference's own LR=1e-3 confusion matrix counts 35 clips for a 30-clip test split.
+    # The reference's own LR=1e-3 confusion matrix counts 35 clips for a 30-clip test split, and its
+    # per-class precision does not follow from that matrix (its recall does, to two decimals).
     report = build_report(trials)
     assert report.warnings == [
+        "trial ref-lr-1e-3: per_class.sit_down.precision is 1.00 but the confusion matrix gives 0.89",
+        "trial ref-lr-1e-3: per_class.stand_up.precision is 0.67 but the confusion matrix gives 0.60",
+        "trial ref-lr-1e-3: per_class.waving.precision is 0.67 but the confusion matrix gives 0.55",
+        "trial ref-lr-1e-3: per_class.other.precision is 0.38 but the confusion matrix gives 0.60",
         "trial ref-lr-1e-3: the confusion matrix counts 35 clips but the test split has 30",
         "trial ref-lr-1e-3: the confusion matrix gives test accuracy 65.71% but test_accuracy is 63.33%",
     ]
@@ -262,6 +267,7 @@ def test_publish_writes_report_and_figures(tmp_path: Path) -> None:
         "group-learning-rate.png",
         "group-lora-rank.png",
         "report.md",
+        "training-curves.png",
     ]
     for name in files:
         if name.endswith(".png"):

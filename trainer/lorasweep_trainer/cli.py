@@ -206,8 +206,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lorasweep")
+    except PackageNotFoundError:
+        return "(not installed as a distribution)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorasweep-trainer", description="Run and inspect one lorasweep trial.")
+    parser.add_argument("--version", action="version", version=f"lorasweep-trainer {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help=f"run one trial (config from ${TRIAL_ENV} or --trial)")

@@ -12,6 +12,7 @@ import argparse
 import logging
 
 log = logging.getLogger(__name__)
+LOG_LEVEL = logging.INFO  # a service: its log is how people see what it does
 
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081

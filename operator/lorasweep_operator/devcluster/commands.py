@@ -9,7 +9,10 @@ lorasweep dev down               # stops everything, removes the state folder
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+LOG_LEVEL = logging.INFO  # a first build takes 15-40 minutes: its progress lines are logged at info
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

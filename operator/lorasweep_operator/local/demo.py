@@ -67,7 +67,7 @@ def make_clips(clips: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from lorasweep_operator.local.runner import EXIT_BAD_INPUT, EXIT_OK, LocalSweep, RunOptions
+    from lorasweep_operator.local.runner import EXIT_BAD_INPUT, EXIT_OK, LocalSweep, RunOptions, program
     from lorasweep_operator.planning import plan
     from lorasweep_operator.report import REPORT_FILE
     from lorasweep_operator.spec import load_sweep_file
@@ -88,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
     sweep_file = folder / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(demo_manifest(clips, folder), sort_keys=False))
     manifest = load_sweep_file(sweep_file)
-    options = RunOptions(results=str(folder), state=folder, parallel=args.parallel, device="cpu")
+    options = RunOptions(
+        results=str(folder),
+        state=folder,
+        parallel=args.parallel,
+        device="cpu",
+        resume_command=[program(), "demo", "--dir", str(args.dir), "--parallel", str(args.parallel)],
+    )
     code = LocalSweep(manifest, plan(manifest.spec, manifest.name), options).run()
     if code == EXIT_OK:
         print(

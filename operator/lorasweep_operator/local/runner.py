@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import fcntl
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,17 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, TextIO
 
-from lorasweep_operator.local.progress import State, TrialProgress, event, last_epoch, render
+from lorasweep_operator.local.progress import (
+    STARTING,
+    State,
+    TrialProgress,
+    eta_seconds,
+    event,
+    overall,
+    read_log,
+    trial_line,
+)
+from lorasweep_operator.local.terminal import Screen
 from lorasweep_trainer.config import REPORT_FOLDER, TRIALS_FOLDER
 from lorasweep_trainer.results import EVENT_LOG
 
@@ -111,8 +122,31 @@ def run(args: argparse.Namespace) -> int:
         parallel=parallel,
         device=args.device,
         gpus=gpus,
+        resume_command=resume_command(args),
     )
     return LocalSweep(manifest, trials, options).run()
+
+
+def program() -> str:
+    """How the user called lorasweep (``.venv/bin/lorasweep``, say), so a printed command runs as it is."""
+    called = sys.argv[0] if sys.argv else ""
+    return called if Path(called).name == "lorasweep" else "lorasweep"
+
+
+def resume_command(args: argparse.Namespace) -> list[str]:
+    """The `lorasweep run` command that picks this run up again: the same file, folder and options."""
+    command = [program(), "run", args.sweep_file]
+    if args.out:
+        command += ["--out", args.out]
+    if args.to_storage:
+        command.append("--to-storage")
+    if args.parallel is not None:
+        command += ["--parallel", str(args.parallel)]
+    if args.namespace:
+        command += ["--namespace", args.namespace]
+    if args.device != "auto":
+        command += ["--device", args.device]
+    return command
 
 
 def visible_gpus(value: str | None, device: str) -> list[str]:
@@ -155,6 +189,7 @@ class RunOptions:
     device: str = "auto"
     gpus: Sequence[str] = ()
     command: Sequence[str] = field(default_factory=trainer_command)
+    resume_command: Sequence[str] = ()  # printed after an interrupt; empty: "run the same command again"
 
 
 @dataclass
@@ -195,7 +230,7 @@ class LocalSweep:
         self.running: dict[str, Running] = {}
         self.failures: dict[str, str] = {}
         self.free_gpus = list(options.gpus)
-        self.drawn = 0
+        self.screen = Screen(self.out, f"sweep {manifest.name}", len(self.progress), options.parallel, self.interactive)
 
     # --- the loop ---------------------------------------------------------------------------------------
 
@@ -239,15 +274,21 @@ class LocalSweep:
                 self.stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.clear()
+            self.draw()  # the bar left on screen shows the final counts
+            self.screen.close()
         if self.stopping:
-            left = sum(t.state is State.PENDING for t in self.progress)
-            self.say(
-                f"interrupted: finished trials are kept; {plural(left, 'trial')} will run on the next "
-                f"`lorasweep run {self.manifest.name}` (re-run the same command)"
-            )
+            self.say(self.interrupted())
             return EXIT_INTERRUPTED
         return self.finish()
+
+    def interrupted(self) -> str:
+        """What to do after Ctrl-C: the next run starts every trial without a metrics.json, the check it makes."""
+        left = sum(not metrics_exist(self.metrics_uri(t.trial)) for t in self.progress)
+        again = f"`{shlex.join(self.options.resume_command)}`" if self.options.resume_command else "the same command"
+        return (
+            f"interrupted: finished trials are kept; to resume, run {again}: it runs the "
+            f"{plural(left, 'trial')} without results and skips the {len(self.progress) - left} finished"
+        )
 
     def pending(self) -> list[TrialProgress]:
         if self.too_many_failures():
@@ -292,6 +333,7 @@ class LocalSweep:
                 preexec_fn=_die_with_parent,
             )
             t.state, t.started, t.epoch, t.val_accuracy = State.RUNNING, time.monotonic(), 0, None
+            t.phase, t.epoch_finished = STARTING, None
             self.running[t.trial] = Running(progress=t, process=process, folder=folder, log=log, gpu=gpu)
             self.note(event(t, time.monotonic()))
 
@@ -315,13 +357,18 @@ class LocalSweep:
 
     def read_progress(self, r: Running) -> None:
         logs = sorted((r.folder / "tmp").glob(f"*/{EVENT_LOG}"))
-        latest = last_epoch(logs[-1]) if logs else None
+        if not logs:
+            return
+        state = read_log(logs[-1], r.progress.epochs)
+        r.progress.phase = state.phase
+        latest = state.latest
         if latest is not None and latest.epoch != r.progress.epoch:
             r.progress.epoch, r.progress.val_accuracy, r.progress.train_loss = (
                 latest.epoch,
                 latest.val_accuracy,
                 latest.train_loss,
             )
+            r.progress.epoch_finished = time.monotonic()
             if not self.interactive:
                 accuracy = f" val_acc={latest.val_accuracy:.4f}" if latest.val_accuracy is not None else ""
                 self.note(f"trial {r.progress.trial} epoch {latest.epoch}/{r.progress.epochs}{accuracy}")
@@ -369,7 +416,6 @@ class LocalSweep:
 
     def stop_all(self) -> None:
         """SIGTERM every trial's process group, SIGKILL what is left after the grace period."""
-        self.clear()
         self.say(f"stopping {plural(len(self.running), 'running trial')}")
         for r in self.running.values():
             _signal_group(r.process, signal.SIGTERM)
@@ -413,6 +459,7 @@ class LocalSweep:
             sweep=self.manifest.name,
             failed=self.failures,
             trials=[t.trial for t in self.progress],
+            class_actions=self.manifest.spec.dataset.classes,
         )
         self.say(f"report: {uri}")
         return EXIT_TRIALS_FAILED if self.failures else EXIT_OK
@@ -420,26 +467,22 @@ class LocalSweep:
     # --- the terminal -----------------------------------------------------------------------------------
 
     def say(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        self.screen.say(line)
 
     def note(self, line: str) -> None:
-        """A line that stays: above the live block on a terminal, as is elsewhere."""
-        self.clear()
-        self.say(line)
+        """An event line; off a terminal it carries the overall counts and ETA the live block would show."""
+        self.say(line if self.interactive else f"{line} [{self.summary()}]")
+
+    def summary(self) -> str:
+        now = time.monotonic()
+        eta = eta_seconds(self.progress, len(self.pending()), self.options.parallel, now)
+        return overall(self.progress, eta)
 
     def draw(self) -> None:
-        if not self.interactive:
-            return
-        self.clear()
-        lines = render(self.manifest.name, self.progress, time.monotonic())
-        self.out.write("\n".join(lines) + "\n")
-        self.out.flush()
-        self.drawn = len(lines)
-
-    def clear(self) -> None:
-        if self.interactive and self.drawn:
-            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
-            self.drawn = 0
+        now = time.monotonic()
+        finished = sum(t.state not in (State.PENDING, State.RUNNING) for t in self.progress)
+        running = [trial_line(r.progress, now) for r in self.running.values()]
+        self.screen.update(finished, self.summary(), running)
 
 
 def _die_with_parent() -> None:

@@ -55,22 +55,50 @@ def build_sweep_report(
     sweep: str | None = None,
     failed: Mapping[str, str] | None = None,
     trials: Sequence[str] | None = None,
+    stopped: Mapping[str, str] | None = None,
+    class_actions: Mapping[str, Sequence[int] | str] | None = None,
 ) -> Report:
     """Read every metrics.json under ``metrics_source`` and build the report.
 
     ``trials`` limits the report to those trial ids (the sweep's current plan) when given; ``failed``
     (trial -> reason) lists trials that left no metrics; unreadable metrics.json files are listed with them.
+    ``stopped`` (trial -> reason) lists trials stopped early, apart from the failed; ``class_actions`` is the
+    sweep's dataset.classes, for the class balance of every split.
     Raises FileNotFoundError when ``metrics_source`` is not a folder or prefix, ValueError when no usable
-    metrics exist, and the trainer's StorageError when object storage cannot be read.
+    metrics exist (saying what was found and why none is usable), and the trainer's StorageError when object
+    storage cannot be read.
     """
-    from lorasweep_operator.report.storage import load_metrics
+    from lorasweep_operator.report.storage import read_metrics
 
-    loaded, unreadable = load_metrics(metrics_source)
+    loaded = read_metrics(metrics_source)
     wanted = None if trials is None else set(trials)
-    selected: list[TrialMetrics] = [t for t in loaded if wanted is None or t.trial in wanted]
+    selected: list[TrialMetrics] = [t for t in loaded.trials if wanted is None or t.trial in wanted]
     problems = dict(failed or {})
-    problems.update({location: f"unreadable metrics: {why}" for location, why in unreadable.items()})
-    return build_report(selected, objective=objective, goal=goal, sweep=sweep, failed=problems)
+    problems.update({location: f"unreadable metrics: {why}" for location, why in loaded.unreadable.items()})
+    if not selected:
+        raise ValueError(_nothing_usable(metrics_source, loaded.found, len(loaded.trials), loaded.unreadable))
+    return build_report(
+        selected,
+        objective=objective,
+        goal=goal,
+        sweep=sweep,
+        failed=problems,
+        stopped=stopped,
+        class_actions=class_actions,
+        notes=loaded.notes,
+    )
+
+
+def _nothing_usable(source: str, found: int, readable: int, unreadable: Mapping[str, str]) -> str:
+    if not found:
+        return f"no trial results to report on: no metrics.json was found under {source}"
+    why = "; ".join(f"{location}: {reason}" for location, reason in sorted(unreadable.items()))
+    if readable:
+        return (
+            f"no trial results to report on: {found} metrics.json found under {source}, but none belongs to the "
+            "trials asked for" + (f" (and some were unusable: {why})" if why else "")
+        )
+    return f"no trial results to report on: {found} metrics.json found under {source}, none usable: {why}"
 
 
 def publish_sweep_report(
@@ -82,7 +110,18 @@ def publish_sweep_report(
     sweep: str | None = None,
     failed: Mapping[str, str] | None = None,
     trials: Sequence[str] | None = None,
+    stopped: Mapping[str, str] | None = None,
+    class_actions: Mapping[str, Sequence[int] | str] | None = None,
 ) -> str:
     """`build_sweep_report`, published to ``destination``; returns the URI of report.md."""
-    report = build_sweep_report(metrics_source, objective, goal, sweep=sweep, failed=failed, trials=trials)
+    report = build_sweep_report(
+        metrics_source,
+        objective,
+        goal,
+        sweep=sweep,
+        failed=failed,
+        trials=trials,
+        stopped=stopped,
+        class_actions=class_actions,
+    )
     return publish_report(report, destination)

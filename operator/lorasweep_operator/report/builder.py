@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -17,16 +19,23 @@ from lorasweep_operator.report.model import (
     Accuracy,
     ClassResult,
     Configuration,
+    DataSummary,
+    Dynamics,
     EfficiencyRow,
+    EpochPoint,
     GroupRow,
     GroupTable,
     Methodology,
     ParamValue,
     Report,
     Reproducibility,
+    SplitData,
+    TrainingDynamics,
+    Trend,
 )
 from lorasweep_operator.report.stats import mean_std, points_per_sample, wilson_interval
 from lorasweep_trainer.config import Goal, ObjectiveMetric, default_goal
+from lorasweep_trainer.data import parse_ntu_name
 from lorasweep_trainer.results import TrialMetrics
 
 BASELINE = "baseline"
@@ -37,6 +46,12 @@ OBJECTIVE_NAMES = {
     "val_macro_f1": "validation macro F1",
     "val_loss": "validation loss",
 }
+TOP_CURVES = 5  # configurations drawn in the training-dynamics figure
+EARLY_PEAK_EPOCHS = 2  # validation peaked this many epochs or more before the last: said to have peaked early
+RISING_MARGIN = 1e-9
+STOPPED = ("stopped", "Stopped")
+PRIMARY_PARAMS = ("learning_rate", "lora_rank", "lora_alpha", "lora_dropout")
+PER_CLASS_TOLERANCE = 0.0051  # per-class figures are often rounded to two decimals
 
 
 def build_report(
@@ -48,10 +63,31 @@ def build_report(
     failed: Mapping[str, str] | None = None,
     generated_at: datetime | None = None,
     top_k: int = TOP_K,
+    stopped: Mapping[str, str] | None = None,
+    class_actions: Mapping[str, Sequence[int] | str] | None = None,
+    notes: Sequence[str] = (),
 ) -> Report:
-    """The whole report for ``trials`` (any order); ``failed`` names trials that left no metrics, with why."""
-    if not trials:
-        raise ValueError("no trial results to report on: no metrics.json was found for this sweep")
+    """The whole report for ``trials`` (any order); ``failed`` names trials that left no metrics, with why;
+    ``stopped`` names trials stopped early (early stopping), listed apart and never ranked, as is a trial
+    whose metrics.json says it stopped. ``class_actions`` (the sweep's dataset.classes) counts the classes
+    of every split; ``notes`` are warnings found before (unreadable files, missing fields)."""
+    stopped = dict(stopped or {})
+    warnings_before = list(notes)
+    usable = []
+    for t in trials:
+        if t.trial in stopped or _says_stopped(t):
+            stopped.setdefault(t.trial, _stopped_reason(t))
+            continue
+        impossible = impossible_values(t)
+        if impossible:
+            warnings_before += [f"trial {t.trial}: {why}; left out of the report" for why in impossible]
+            continue
+        usable.append(t)
+    if not usable:
+        found = f"{fmt.plural(len(trials), 'trial')} had metrics" if trials else "no metrics.json was found"
+        why = "; ".join([*warnings_before, *(f"{t}: stopped early" for t in stopped)]) or "none was readable"
+        raise ValueError(f"no trial results to report on: {found}, none usable ({why})")
+    trials = usable
     goal = goal or default_goal(objective)
     failed = dict(failed or {})
     first = trials[0]
@@ -67,7 +103,8 @@ def build_report(
     baseline = next((c for c in configurations if c.is_baseline), None)
     groups = sorted(_group_tables(ranked, baseline), key=lambda g: (-g.spread, g.name))
     seeds = sorted({t.params.seed for t in trials})
-    methodology = _methodology(trials, ranked, groups, seeds, failed)
+    methodology = _methodology(trials, ranked, groups, seeds, failed).model_copy(update={"stopped_trials": stopped})
+    dynamics = _dynamics(ranked, _by_key(trials))
 
     return Report(
         sweep=sweep or first.sweep,
@@ -84,10 +121,54 @@ def build_report(
         baseline=baseline,
         groups=groups,
         efficiency=_efficiency(ranked),
-        recommendations=_recommendations(ranked, baseline, objective, methodology),
+        recommendations=_recommendations(ranked, baseline, objective, methodology, dynamics),
         reproducibility=_reproducibility(trials, seeds),
-        warnings=_warnings(trials, objective),
+        warnings=warnings_before + _warnings(trials, objective),
+        dynamics=dynamics,
+        data=_data(trials, class_actions),
     )
+
+
+def _says_stopped(trial: TrialMetrics) -> bool:
+    extra = trial.model_extra or {}
+    return extra.get("status") in STOPPED or extra.get("phase") in STOPPED
+
+
+def _stopped_reason(trial: TrialMetrics) -> str:
+    extra = trial.model_extra or {}
+    reason = extra.get("reason") or extra.get("message")
+    ran = f"after {fmt.plural(len(trial.epochs), 'epoch')} of {trial.params.epochs}"
+    best = f", best validation accuracy {fmt.percent(trial.val_accuracy)}" if _fraction(trial.val_accuracy) else ""
+    return f"stopped early {ran}{best}" + (f": {reason}" if isinstance(reason, str) and reason else "")
+
+
+ACCURACY_FIELDS = ("train_accuracy", "val_accuracy", "test_accuracy", "val_macro_f1")
+
+
+def _fraction(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def impossible_values(trial: TrialMetrics) -> list[str]:
+    """Accuracies that cannot be (NaN, infinite, outside [0, 1]), each named by its field: a trial with
+    one is not ranked, since its numbers cannot be trusted. A NaN loss is a real outcome, not listed."""
+    found = []
+
+    def check(where: str, value: float | None) -> None:
+        if value is not None and not _fraction(value):
+            found.append(f"{where} is {value!r}, not a fraction in [0, 1]")
+
+    for name in ACCURACY_FIELDS:
+        check(name, getattr(trial, name))
+    for index, epoch in enumerate(trial.epochs):
+        for name in ("train_accuracy", "val_accuracy", "val_macro_f1"):
+            check(f"epochs[{index}].{name}", getattr(epoch, name, None))
+    for name, row in trial.per_class.items():
+        for part in ("precision", "recall", "f1"):
+            check(f"per_class.{name}.{part}", getattr(row, part))
+    if trial.confusion_matrix and any(v < 0 for row in trial.confusion_matrix for v in row):
+        found.append("confusion_matrix has negative counts")
+    return found
 
 
 def _params(trial: TrialMetrics) -> dict[str, ParamValue]:
@@ -112,7 +193,8 @@ def _baseline_key(trials: Sequence[TrialMetrics]) -> str | None:
     """The configuration the planner marked as baseline; with none marked, the one ungrouped configuration."""
     for marker in (BASELINE, None):
         keys = {_param_key(t) for t in trials if t.group == marker}
-        if len(keys) == 1:
+        # An unmarked configuration is a baseline only where there is something to compare it with.
+        if len(keys) == 1 and (marker == BASELINE or len({_param_key(t) for t in trials}) > 1):
             return keys.pop()
     return None
 
@@ -368,12 +450,16 @@ def _summary(
     first, best = trials[0], ranked[0]
     size = first.dataset
     lines = [
-        f"The sweep ran {len(trials)} trials ({methodology.configurations} configurations × "
-        f"{len(methodology.seeds)} seed{'s' if len(methodology.seeds) > 1 else ''}) of {first.model} on "
+        f"The sweep ran {fmt.plural(len(trials), 'trial')} ({fmt.plural(methodology.configurations, 'configuration')}"
+        f" × {fmt.plural(len(methodology.seeds), 'seed')}) of {first.model} on "
         f"{len(first.classes)} classes, {size.videos_per_class} videos per class "
         f"({size.train} train, {size.val} validation, {size.test} test clips).",
-        f"**Best configuration, chosen on {OBJECTIVE_NAMES[objective]} only: {best.label}** with "
-        f"{fmt.accuracy(best.val)} validation accuracy and {fmt.accuracy(best.test)} test accuracy "
+        (
+            f"**Best configuration, chosen on {OBJECTIVE_NAMES[objective]} only: {best.label}** with "
+            if len(ranked) > 1
+            else f"**The one configuration, {best.label},** reached "
+        )
+        + f"{fmt.accuracy(best.val)} validation accuracy and {fmt.accuracy(best.test)} test accuracy "
         "(95% Wilson intervals in brackets; test accuracy is reported, never used to choose).",
     ]
     if baseline is not None and not best.is_baseline:
@@ -389,7 +475,7 @@ def _summary(
                 else "its validation interval is clear of the baseline's."
             )
         )
-    if groups:
+    if groups and len(groups[0].rows) > 1:
         top = groups[0]
         lines.append(
             f"The largest effect comes from the {top.name} group: validation accuracy spans "
@@ -402,7 +488,14 @@ def _summary(
             f"validation score; choosing it would select on the test split and overstate its accuracy."
         )
     if methodology.failed_trials:
-        lines.append(f"{len(methodology.failed_trials)} trials failed and are not in the tables.")
+        count = len(methodology.failed_trials)
+        lines.append(f"{fmt.plural(count, 'trial')} failed and {'is' if count == 1 else 'are'} not in the tables.")
+    if methodology.stopped_trials:
+        count = len(methodology.stopped_trials)
+        lines.append(
+            f"{fmt.plural(count, 'trial')} stopped early (early stopping) and {'is' if count == 1 else 'are'} "
+            "listed apart, not ranked."
+        )
     return lines
 
 
@@ -411,27 +504,36 @@ def _recommendations(
     baseline: Configuration | None,
     objective: ObjectiveMetric,
     methodology: Methodology,
+    dynamics: TrainingDynamics | None = None,
 ) -> list[str]:
     best = ranked[0]
     searched = [k for k in methodology.varied if k in best.params]
+    described = _describe({k: best.params[k] for k in searched}) or (
+        "the baseline" if best.is_baseline else _describe({k: best.params[k] for k in PRIMARY_PARAMS})
+    )
     lines = [
-        f"Use **{best.label}** ({_describe({k: best.params[k] for k in searched}) or 'the baseline'}): best "
-        f"{OBJECTIVE_NAMES[objective]}; validation accuracy {fmt.accuracy(best.val)}, test accuracy "
-        f"{fmt.accuracy(best.test)}."
+        f"Use **{best.label}** ({described}): "
+        + (f"best {OBJECTIVE_NAMES[objective]}; " if len(ranked) > 1 else "the only configuration run; ")
+        + f"validation accuracy {fmt.accuracy(best.val)}, test accuracy {fmt.accuracy(best.test)}."
     ]
     close = [c for c in ranked[1:] if c.val.interval.overlaps(best.val.interval)]
     if close:
         shown = "; ".join(c.label for c in close[:4]) + (f"; and {len(close) - 4} more" if len(close) > 4 else "")
         lines.append(
-            f"{len(close)} other configurations ({shown}) have validation intervals overlapping the best's: "
+            f"{fmt.plural(len(close), 'other configuration')} ({shown}) "
+            f"{'has a validation interval' if len(close) == 1 else 'have validation intervals'} overlapping the best's: "
             f"{best.val.n} validation clips cannot separate them. Re-run the top configurations with more videos "
             "per class (a follow-up sweep with search.fromSweep) before committing to one."
         )
     if not best.test.interval.overlaps(best.val.interval):
         lines.append(
             f"The best configuration's test accuracy ({fmt.percent(best.test.mean)}) falls outside its validation "
-            f"interval: picking the best of {len(ranked)} on validation makes its validation score optimistic; "
-            "expect the test figure."
+            + (
+                f"interval: picking the best of {len(ranked)} on validation makes its validation score optimistic; "
+                if len(ranked) > 1
+                else "interval: the validation split is small or unlike the test split; "
+            )
+            + "expect the test figure."
         )
     changed = {k: v for k, v in best.params.items() if baseline is not None and baseline.params.get(k) != v}
     edges = []
@@ -445,17 +547,30 @@ def _recommendations(
             f"The best configuration sits at the edge of the search space ({'; '.join(edges)}): "
             "extend the search beyond it."
         )
-    if best.best_epochs and all(e >= best.epochs for e in best.best_epochs):
-        lines.append(f"The best configuration peaked at its last epoch ({best.epochs}/{best.epochs}): train it longer.")
-    if len(methodology.seeds) == 1:
+    curve = next((d for d in dynamics.rows if d.configuration == best.key), None) if dynamics else None
+    who = "The best configuration" if len(ranked) > 1 else "The configuration"
+    if curve is not None and curve.trend == "still rising":
+        before, last = curve.epochs[-2], curve.epochs[-1]
         lines.append(
-            f"Every configuration ran with one seed ({methodology.seeds[0]}): repeat the top configurations over "
-            "three or more seeds to tell configuration effects from seed noise."
+            f"{who}'s validation accuracy was still rising at its last epoch ({fmt.percent(before.val_accuracy)} → "
+            f"{fmt.percent(last.val_accuracy)}): train it longer (more epochs)."
+        )
+    elif best.best_epochs and all(e >= best.epochs for e in best.best_epochs):
+        lines.append(f"{who} peaked at its last epoch ({best.epochs}/{best.epochs}): train it longer.")
+    elif curve is not None and curve.trend == "peaked early":
+        lines.append(f"{who}'s {curve.note}: fewer epochs would give the same result sooner.")
+    if len(methodology.seeds) == 1:
+        who = "Every configuration" if len(ranked) > 1 else "The configuration"
+        lines.append(
+            f"{who} ran with one seed ({methodology.seeds[0]}): repeat "
+            + ("the top configurations" if len(ranked) > 1 else "it")
+            + " over three or more seeds to tell configuration effects from seed noise."
         )
     if methodology.failed_trials:
         failed = methodology.failed_trials
         lines.append(
-            f"Investigate the {len(failed)} failed trials ({', '.join(sorted(failed))}) before trusting the ranking."
+            f"Investigate the failed {'trial' if len(failed) == 1 else 'trials'} ({', '.join(sorted(failed))}) "
+            "before trusting the ranking."
         )
     return lines
 
@@ -499,12 +614,21 @@ def _warnings(trials: Sequence[TrialMetrics], objective: ObjectiveMetric) -> lis
         if t.objective(objective) is None:
             warnings.append(f"trial {t.trial}: no {objective} recorded; ranked last")
         counted = sum(map(sum, t.confusion_matrix))
-        if counted != t.dataset.test:
+        if not any(t.confusion_matrix):
+            warnings.append(f"trial {t.trial}: no confusion matrix recorded")
+        elif [len(row) for row in t.confusion_matrix] != [len(t.classes)] * len(t.classes):
+            warnings.append(
+                f"trial {t.trial}: the confusion matrix is not {len(t.classes)}x{len(t.classes)} (one row and "
+                "column per class); its per-class checks are skipped"
+            )
+        else:
+            warnings += _per_class_contradictions(t)
+        if t.confusion_matrix and counted != t.dataset.test:
             warnings.append(
                 f"trial {t.trial}: the confusion matrix counts {counted} clips but the test split has {t.dataset.test}"
             )
         if counted:
-            correct = sum(t.confusion_matrix[i][i] for i in range(min(len(t.confusion_matrix), len(t.classes))))
+            correct = sum(row[i] for i, row in enumerate(t.confusion_matrix[: len(t.classes)]) if i < len(row))
             if abs(correct / counted - t.test_accuracy) > 0.5 / counted:
                 warnings.append(
                     f"trial {t.trial}: the confusion matrix gives test accuracy {fmt.percent(correct / counted)} "
@@ -518,3 +642,202 @@ def _warnings(trials: Sequence[TrialMetrics], objective: ObjectiveMetric) -> lis
     if len({_split_digest(t) for t in trials}) > 1:
         warnings.append("the trials did not all use the same train/val/test split; their accuracies are not comparable")
     return warnings
+
+
+def _trend(history: Sequence[EpochPoint], planned: int) -> tuple[Trend, int]:
+    """Where validation accuracy peaked in the history, and what that says about the epoch budget."""
+    if not history:
+        return "no history", 0
+    best = max(history, key=lambda e: e.val_accuracy)  # the first epoch with the highest, as the trainer picks
+    last = history[-1]
+    previous = history[-2] if len(history) > 1 else None
+    if len(history) >= planned and previous is not None and last.val_accuracy > previous.val_accuracy + RISING_MARGIN:
+        return "still rising", best.epoch
+    if last.epoch - best.epoch >= EARLY_PEAK_EPOCHS:
+        return "peaked early", best.epoch
+    return "peaked near the end", best.epoch
+
+
+def _note(trend: Trend, best_epoch: int, history: Sequence[EpochPoint]) -> str:
+    if trend == "no history":
+        return "no per-epoch history recorded"
+    last = history[-1]
+    best = next(e for e in history if e.epoch == best_epoch)
+    if trend == "still rising":
+        before = history[-2]
+        return (
+            f"validation accuracy was still rising at the last epoch ({fmt.percent(before.val_accuracy)} → "
+            f"{fmt.percent(last.val_accuracy)}): more epochs would likely help"
+        )
+    if trend == "peaked early":
+        return (
+            f"validation peaked at epoch {best_epoch} of {last.epoch} ({fmt.percent(best.val_accuracy)}) and ended "
+            f"at {fmt.percent(last.val_accuracy)}: later epochs did not help"
+            + (
+                f" while train accuracy rose to {fmt.percent(last.train_accuracy)} (overfitting)"
+                if last.train_accuracy > best.train_accuracy
+                else ""
+            )
+        )
+    return f"best at epoch {best_epoch} of {last.epoch} ({fmt.percent(best.val_accuracy)})"
+
+
+def _curve(trial: TrialMetrics) -> list[EpochPoint]:
+    return [
+        EpochPoint(
+            epoch=e.epoch,
+            train_loss=e.train_loss if math.isfinite(e.train_loss) else None,
+            train_accuracy=e.train_accuracy,
+            val_accuracy=e.val_accuracy,
+        )
+        for e in sorted(trial.epochs, key=lambda e: e.epoch)
+    ]
+
+
+def _dynamics(ranked: Sequence[Configuration], by_key: Mapping[str, Sequence[TrialMetrics]]) -> TrainingDynamics:
+    """Each configuration's per-epoch curve and what it says: train longer, or stop sooner."""
+    members = {members[0].trial: members for members in by_key.values()}
+    rows = []
+    for c in ranked:
+        first = members[c.key][0]
+        history = _curve(first)
+        trend, best_epoch = _trend(history, c.epochs)
+        rows.append(
+            Dynamics(
+                configuration=c.key,
+                label=c.label,
+                trial=first.trial,
+                epochs=history,
+                planned_epochs=c.epochs,
+                best_epoch=best_epoch or first.best_epoch,
+                trend=trend,
+                note=_note(trend, best_epoch, history),
+            )
+        )
+    findings = []
+    with_history = [r for r in rows if r.trend != "no history"]
+    rising = [r for r in with_history if r.trend == "still rising"]
+    early = [r for r in with_history if r.trend == "peaked early"]
+    if rising:
+        best_rising = ", the best among them," if rising[0] is with_history[0] else ""
+        findings.append(
+            f"{len(rising)} of {fmt.plural(len(with_history), 'configuration')}{best_rising} "
+            f"{'was' if len(rising) == 1 else 'were'} still improving on validation at the last epoch "
+            f"({rising[0].planned_epochs}): train longer (more epochs) before reading the ranking as final."
+        )
+    if early:
+        findings.append(
+            f"{fmt.plural(len(early), 'configuration')} peaked on validation {EARLY_PEAK_EPOCHS} or more epochs "
+            "before the last: fewer epochs (or early stopping) would have cost nothing."
+        )
+    if with_history and not rising and not early:
+        findings.append("Validation accuracy peaked at or near the last epoch everywhere: the epoch budget fits.")
+    losses = [r for r in with_history if any(e.train_loss is None for e in r.epochs)]
+    if losses:
+        findings.append(
+            f"Training loss was NaN in {', '.join(r.label for r in losses)}: the learning rate is likely too high."
+        )
+    missing = [r.label for r in rows if r.trend == "no history"]
+    if missing:
+        findings.append(f"No per-epoch history was recorded for {', '.join(missing)}.")
+    plotted = [r.configuration for r in with_history[:TOP_CURVES]]
+    return TrainingDynamics(rows=rows, plotted=plotted, findings=findings)
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _actions(uri: str) -> int | None:
+    name = parse_ntu_name(uri.rsplit("/", 1)[-1])
+    return None if name is None else name.action
+
+
+def _class_of(action: int | None, class_actions: Mapping[str, Sequence[int] | str]) -> str:
+    if action is None:
+        return "unrecognised name"
+    for name, actions in class_actions.items():
+        if not isinstance(actions, str) and action in actions:
+            return name
+    return next((name for name, actions in class_actions.items() if isinstance(actions, str)), f"action {action}")
+
+
+def _data(trials: Sequence[TrialMetrics], class_actions: Mapping[str, Sequence[int] | str] | None) -> DataSummary:
+    """Clips per split, the corrupt ones skipped, and how the classes are balanced in each split."""
+    first = trials[0]
+    corrupt = sorted({uri for t in trials for uri in t.corrupt_clips})
+    recorded = next((t.split for t in trials if t.split), {})
+    if recorded and class_actions:
+        balance_by = "class"
+    elif recorded:
+        balance_by = "action"
+    else:
+        balance_by = "test only"
+    splits = []
+    for name in SPLITS:
+        uris = recorded.get(name, [])
+        if balance_by == "class":
+            assert class_actions is not None
+            by_class = Counter(_class_of(_actions(u), class_actions) for u in uris)
+        elif balance_by == "action":
+            by_class = Counter(
+                f"A{action:03d}" if (action := _actions(u)) is not None else "unrecognised name" for u in uris
+            )
+        elif name == "test" and first.confusion_matrix:
+            by_class = Counter(dict(zip(first.classes, map(sum, first.confusion_matrix), strict=False)))
+        else:
+            by_class = Counter()
+        size = getattr(first.dataset, name)
+        skipped = sum(u in corrupt for u in uris) if uris else 0
+        splits.append(SplitData(name=name, clips=size, corrupt=skipped, by_class=dict(sorted(by_class.items()))))
+    findings = []
+    selected = sum(sp.clips for sp in splits)
+    if corrupt:
+        findings.append(
+            f"{fmt.plural(len(corrupt), 'corrupt clip')} of {selected} selected {'was' if len(corrupt) == 1 else 'were'}"
+            " skipped (listed below); the accuracies count the clips that decoded."
+        )
+    else:
+        findings.append(f"Every one of the {selected} selected clips decoded; none was skipped.")
+    for sp in splits if balance_by != "action" else ():  # a class (say, other) may hold many actions
+        counts = [v for v in sp.by_class.values() if v]
+        if len(counts) > 1 and max(counts) > 1.5 * min(counts):
+            findings.append(
+                f"The {sp.name} split is unbalanced: {max(counts)} clips of its largest class "
+                f"against {min(counts)} of its smallest."
+            )
+    return DataSummary(
+        classes=list(first.classes),
+        videos_per_class=first.dataset.videos_per_class,
+        splits=splits,
+        corrupt_clips=corrupt,
+        balance_by=balance_by,
+        findings=findings,
+    )
+
+
+def _per_class_contradictions(trial: TrialMetrics) -> list[str]:
+    """Per-class precision, recall and support that the confusion matrix (rows actual) does not give."""
+    matrix, found = trial.confusion_matrix, []
+    for i, name in enumerate(trial.classes):
+        row = trial.per_class.get(name)
+        if row is None:
+            continue
+        actual = sum(matrix[i])
+        predicted = sum(r[i] for r in matrix)
+        expected = {
+            "recall": matrix[i][i] / actual if actual else 0.0,
+            "precision": matrix[i][i] / predicted if predicted else 0.0,
+        }
+        for part, value in expected.items():
+            recorded = getattr(row, part)
+            if abs(recorded - value) > PER_CLASS_TOLERANCE:
+                found.append(
+                    f"trial {trial.trial}: per_class.{name}.{part} is {recorded:.2f} but the confusion matrix "
+                    f"gives {value:.2f}"
+                )
+        if row.support != actual:
+            found.append(
+                f"trial {trial.trial}: per_class.{name}.support is {row.support} but the confusion matrix has "
+                f"{actual} {name} clips"
+            )
+    return found

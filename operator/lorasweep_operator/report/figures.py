@@ -5,16 +5,22 @@ from __future__ import annotations
 import io
 
 from lorasweep_operator.report import formatting as fmt
-from lorasweep_operator.report.markdown import CONFUSION_FIGURE, group_figure
-from lorasweep_operator.report.model import Accuracy, GroupTable, Report
+from lorasweep_operator.report.markdown import CONFUSION_FIGURE, CURVES_FIGURE, group_figure
+from lorasweep_operator.report.model import Accuracy, GroupTable, Report, TrainingDynamics
 
 
 def render_figures(report: Report) -> dict[str, bytes]:
-    """File name -> PNG bytes: the best configuration's confusion matrix and one accuracy plot per group."""
+    """File name -> PNG bytes: the best configuration's confusion matrix (where one was recorded), one accuracy
+    plot per group, and the top configurations' training curves (where they have a history)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    figures = {CONFUSION_FIGURE: _confusion(report)}
+    figures = {}
+    square = [len(row) for row in report.best.confusion_matrix] == [len(report.classes)] * len(report.classes)
+    if report.classes and square:
+        figures[CONFUSION_FIGURE] = _confusion(report)
+    if report.dynamics is not None and report.dynamics.plotted:
+        figures[CURVES_FIGURE] = _curves(report.dynamics)
     for group in report.groups:
         figures[group_figure(group.name)] = _group(group)
     return figures
@@ -83,4 +89,36 @@ def _group(group: GroupTable) -> bytes:
     axes.grid(axis="y", alpha=0.3)
     axes.legend(loc="lower right")
     axes.set_title(f"{group.name}: accuracy with 95% Wilson intervals")
+    return _png(figure)
+
+
+def _curves(dynamics: TrainingDynamics) -> bytes:
+    import matplotlib.pyplot as plt
+
+    rows = {row.configuration: row for row in dynamics.rows}
+    figure, (accuracy, loss) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for index, key in enumerate(dynamics.plotted):
+        row = rows[key]
+        colour = f"C{index}"
+        epochs = [e.epoch for e in row.epochs]
+        accuracy.plot(epochs, [100 * e.val_accuracy for e in row.epochs], "o-", color=colour, label=f"{row.label} val")
+        accuracy.plot(epochs, [100 * e.train_accuracy for e in row.epochs], "--", color=colour, alpha=0.6)
+        best = next((e for e in row.epochs if e.epoch == row.best_epoch), None)
+        if best is not None:
+            accuracy.plot([best.epoch], [100 * best.val_accuracy], "*", color=colour, markersize=13)
+        finite = [(e.epoch, e.train_loss) for e in row.epochs if e.train_loss is not None]
+        loss.plot([e for e, _ in finite], [v for _, v in finite], "o-", color=colour, label=row.label)
+    accuracy.set_xlabel("epoch")
+    accuracy.set_ylabel("accuracy (%)")
+    accuracy.set_ylim(0, 100)
+    accuracy.grid(alpha=0.3)
+    accuracy.set_title("validation (solid, ★ best epoch) and train (dashed)")
+    accuracy.legend(fontsize="small", loc="lower right")
+    loss.set_xlabel("epoch")
+    loss.set_ylabel("train loss")
+    loss.grid(alpha=0.3)
+    loss.set_title("training loss")
+    figure.suptitle(f"Training curves of the top {len(dynamics.plotted)} configurations")
+    for axes in (accuracy, loss):
+        axes.xaxis.get_major_locator().set_params(integer=True)
     return _png(figure)

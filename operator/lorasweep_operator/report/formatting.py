@@ -62,3 +62,8 @@ def points(delta: float) -> str:
 
 def count(value: int) -> str:
     return f"{value:,}"
+
+
+def plural(value: int, noun: str, many: str | None = None) -> str:
+    """``1 trial``, ``2 trials``; ``many`` for irregular plurals."""
+    return f"{value} {noun if value == 1 else many or noun + 's'}"

@@ -9,6 +9,7 @@ from lorasweep_operator.report.builder import OBJECTIVE_NAMES
 from lorasweep_operator.report.model import Configuration, GroupTable, ParamValue, Report
 
 CONFUSION_FIGURE = "confusion-matrix.png"
+CURVES_FIGURE = "training-curves.png"
 
 
 def group_figure(group: str) -> str:
@@ -21,9 +22,11 @@ def render_markdown(report: Report, figures: Sequence[str] = ()) -> str:
         _header(report),
         _summary(report),
         _methodology(report),
+        _data(report),
         _top(report),
         _top_three(report),
         _groups(report, figures),
+        _dynamics(report, figures),
         _efficiency(report),
         _recommendations(report),
         _reproducibility(report),
@@ -80,9 +83,7 @@ def _methodology(report: Report) -> str:
     fixed.append(f"- Videos per class: {r.videos_per_class} ({r.train} train, {r.val} val, {r.test} test)")
     search = []
     for index, (group, labels) in enumerate(m.search.items(), start=1):
-        search.append(
-            f"{index}. **{group}** ({len(labels)} configuration{'s' if len(labels) > 1 else ''}): {'; '.join(labels)}"
-        )
+        search.append(f"{index}. **{group}** ({fmt.plural(len(labels), 'configuration')}): {'; '.join(labels)}")
     if report.baseline is not None:
         baseline = "; ".join(
             f"{fmt.param_label(k)}={fmt.param_value(k, report.baseline.params[k])}"
@@ -93,6 +94,9 @@ def _methodology(report: Report) -> str:
     seeds = ", ".join(map(str, m.seeds))
     failed = (
         "; ".join(f"{trial} ({why})" for trial, why in sorted(m.failed_trials.items())) if m.failed_trials else "none"
+    )
+    stopped = (
+        "; ".join(f"{trial} ({why})" for trial, why in sorted(m.stopped_trials.items())) if m.stopped_trials else None
     )
     wall = f"; wall clock, first start to last finish: {m.wall_seconds / 60:.1f} minutes" if m.wall_seconds else ""
     return "\n".join(
@@ -107,8 +111,10 @@ def _methodology(report: Report) -> str:
             "",
             *search,
             "",
-            f"**Trials:** {m.trials} ({m.configurations} configurations × {len(m.seeds)} seed{'s' if len(m.seeds) > 1 else ''}: {seeds})  ",
+            f"**Trials:** {m.trials} ({fmt.plural(m.configurations, 'configuration')} × "
+            f"{fmt.plural(len(m.seeds), 'seed')}: {seeds})  ",
             f"**Failed trials:** {failed}  ",
+            *([f"**Stopped early (not ranked):** {stopped}  "] if stopped else []),
             f"**Training time:** {m.total_train_seconds / 60:.1f} minutes in total, "
             f"{m.mean_train_seconds / 60:.1f} minutes per trial on average{wall}",
         ]
@@ -137,8 +143,9 @@ def _top(report: Report) -> str:
         rows.append([str(index), *objective, fmt.accuracy(c.val), fmt.accuracy(c.test), *_cells(c, columns), label])
     name = OBJECTIVE_NAMES.get(report.objective, report.objective)
     return (
-        f"## Results\n\n### Top {len(report.top)} configurations\n\n"
-        f"Ranked by {name}; test accuracy is shown beside it and plays no part in the ranking. "
+        "## Results\n\n"
+        + (f"### Top {len(report.top)} configurations\n\n" if len(report.top) > 1 else "### The configuration\n\n")
+        + f"Ranked by {name}; test accuracy is shown beside it and plays no part in the ranking. "
         f"Intervals are 95% Wilson intervals for {report.reproducibility.val} validation and "
         f"{report.reproducibility.test} test clips.\n\n" + _table(header, rows)
     )
@@ -149,14 +156,15 @@ def _epochs(c: Configuration) -> str:
 
 
 def _top_three(report: Report) -> str:
-    sections = ["## Top 3 configurations"]
+    shown = len(report.ranked[:3])
+    sections = [f"## Top {shown} configurations" if shown > 1 else "## The configuration in detail"]
     for index, c in enumerate(report.ranked[:3], start=1):
         params = "; ".join(
             f"{fmt.param_label(k)}={fmt.param_value(k, c.params.get(k))}" for k in _param_columns(report)
         )
         share = c.trainable_parameters / c.total_parameters if c.total_parameters else 0.0
         lines = [
-            f"### {index}. {c.label}{' (best by validation)' if index == 1 else ''}",
+            f"### {index}. {c.label}{' (best by validation)' if index == 1 and shown > 1 else ''}",
             "",
             f"- **Validation accuracy:** {fmt.accuracy(c.val)}",
             f"- **Test accuracy:** {fmt.accuracy(c.test)}",
@@ -297,6 +305,11 @@ def _confusion(report: Report, figures: Sequence[str]) -> str:
     best = report.best
     rows = [[name, *(str(v) for v in row)] for name, row in zip(report.classes, best.confusion_matrix, strict=False)]
     seeds = f", summed over {len(best.seeds)} seeds" if len(best.seeds) > 1 else ""
+    if not any(best.confusion_matrix):
+        return (
+            "## Appendix: confusion matrix of the best configuration\n\n"
+            f"{best.label}: no confusion matrix was recorded (see Data checks)."
+        )
     parts = [
         "## Appendix: confusion matrix of the best configuration",
         f"{best.label}, test split{seeds}; rows are actual classes, columns predicted.",
@@ -304,4 +317,68 @@ def _confusion(report: Report, figures: Sequence[str]) -> str:
     ]
     if CONFUSION_FIGURE in figures:
         parts.append(f"![confusion matrix]({CONFUSION_FIGURE})")
+    return "\n\n".join(parts)
+
+
+def _dynamics(report: Report, figures: Sequence[str]) -> str:
+    d = report.dynamics
+    if d is None:
+        return ""
+    header = ["Configuration", "Best epoch", "Val acc by epoch (%)", "Train acc by epoch (%)", "Train loss", "Trend"]
+    rows = []
+    for row in d.rows[: len(report.top)]:
+        val = " → ".join(f"{100 * e.val_accuracy:.0f}" for e in row.epochs) or "—"
+        train = " → ".join(f"{100 * e.train_accuracy:.0f}" for e in row.epochs) or "—"
+        losses = [e.train_loss for e in row.epochs]
+        loss = f"{_loss(losses[0])} → {_loss(losses[-1])}" if len(losses) > 1 else (_loss(losses[0]) if losses else "—")
+        best = f"{row.best_epoch}/{row.planned_epochs}" if row.epochs else "—"
+        rows.append([row.label, best, val, train, loss, row.trend])
+    parts = [
+        "## Training dynamics",
+        "Per-epoch history from each trial's metrics.json (its first seed where it has several); the adapter "
+        "kept is the best epoch's by validation accuracy.",
+        _table(header, rows),
+    ]
+    if CURVES_FIGURE in figures:
+        parts.append(f"![validation and train accuracy per epoch of the top configurations]({CURVES_FIGURE})")
+    notes = [
+        f"- **{row.label}:** {row.note}." for row in d.rows[: len(report.top)] if row.trend != "peaked near the end"
+    ]
+    parts += ["\n".join(f"- {line}" for line in d.findings)] if d.findings else []
+    if notes:
+        parts.append("\n".join(notes))
+    return "\n\n".join(parts)
+
+
+def _loss(value: float | None) -> str:
+    return "NaN" if value is None else f"{value:.3f}"
+
+
+def _data(report: Report) -> str:
+    d = report.data
+    if d is None:
+        return ""
+    by = {"class": "class", "action": "NTU action (the sweep's class map was not given)", "test only": "class"}
+    names = sorted({name for split in d.splits for name in split.by_class})
+    header = ["Split", "Clips", "Corrupt, skipped", *names]
+    rows = [
+        [
+            split.name,
+            str(split.clips),
+            str(split.corrupt),
+            *(str(split.by_class[n]) if n in split.by_class else "—" for n in names),
+        ]
+        for split in d.splits
+    ]
+    parts = [
+        "## Data",
+        f"{', '.join(d.classes)}: {d.videos_per_class} videos per class selected; clips per split and per "
+        f"{by[d.balance_by]}"
+        + (" (train and val balance not recorded: the trials left no split)" if d.balance_by == "test only" else "")
+        + ".",
+        _table(header, rows),
+        "\n".join(f"- {line}" for line in d.findings),
+    ]
+    if d.corrupt_clips:
+        parts.append("Corrupt clips skipped:\n\n" + "\n".join(f"- `{uri}`" for uri in d.corrupt_clips))
     return "\n\n".join(parts)

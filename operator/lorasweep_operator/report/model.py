@@ -101,6 +101,9 @@ class Methodology(Frozen):
     configurations: int
     seeds: list[int]
     failed_trials: dict[str, str] = Field(default_factory=dict, description="trial -> why it failed")
+    stopped_trials: dict[str, str] = Field(
+        default_factory=dict, description="trial -> why it stopped early (early stopping); not ranked"
+    )
     total_train_seconds: float
     mean_train_seconds: float
     wall_seconds: float | None = Field(description="first start to last finish, None when timestamps are unusable")
@@ -122,6 +125,54 @@ class Reproducibility(Frozen):
     finished_at: str
 
 
+class EpochPoint(Frozen):
+    epoch: int
+    train_loss: float | None = Field(description="None where the trainer recorded NaN or nothing")
+    train_accuracy: float
+    val_accuracy: float
+
+
+Trend = Literal["still rising", "peaked early", "peaked near the end", "no history"]
+
+
+class Dynamics(Frozen):
+    """One configuration's training curve (its first seed's history, as recorded in metrics.json)."""
+
+    configuration: str = Field(description="Configuration.key")
+    label: str
+    trial: str = Field(description="the trial whose history this is")
+    epochs: list[EpochPoint]
+    planned_epochs: int
+    best_epoch: int
+    trend: Trend
+    note: str
+
+
+class TrainingDynamics(Frozen):
+    rows: list[Dynamics] = Field(description="the ranked configurations' curves, best first")
+    plotted: list[str] = Field(description="Configuration.key of the curves in the figure")
+    findings: list[str]
+
+
+class SplitData(Frozen):
+    name: str = Field(description="train, val or test")
+    clips: int = Field(description="clips the split was planned with")
+    corrupt: int = Field(description="of them, corrupt and skipped")
+    by_class: dict[str, int] = Field(description="class (or NTU action, where classes are not known) -> clips")
+
+
+class DataSummary(Frozen):
+    classes: list[str]
+    videos_per_class: int
+    splits: list[SplitData]
+    corrupt_clips: list[str] = Field(description="every clip a trial skipped as corrupt, sorted")
+    balance_by: Literal["class", "action", "test only"] = Field(
+        description="what by_class counts: classes (the sweep's class map was given), NTU actions (the split's "
+        "clip names), or only the test split's classes (from the confusion matrix)"
+    )
+    findings: list[str]
+
+
 class Report(Frozen):
     sweep: str
     generated_at: str
@@ -140,6 +191,8 @@ class Report(Frozen):
     recommendations: list[str]
     reproducibility: Reproducibility
     warnings: list[str] = Field(description="inconsistencies found in the trials' metrics")
+    dynamics: TrainingDynamics | None = None
+    data: DataSummary | None = None
 
 
 REPORT_SUMMARY_LIMIT = 4096  # the kubelet's limit for a termination message
