@@ -61,12 +61,13 @@ def feature_cache_reason(spec: LoraSweepSpec, trial: PlannedTrial) -> tuple[bool
 
 
 def trial_cache(
-    spec: LoraSweepSpec, namespace: str, trial: PlannedTrial, output_root: str | None = None
+    spec: LoraSweepSpec, namespace: str, trial: PlannedTrial, cache_uri: str | None = None
 ) -> CacheConfig | None:
-    """How ``trial`` reads the preparation's cache; None when the sweep has no preparation (`wanted`)."""
+    """How ``trial`` reads the preparation's cache (default: the namespace's, under spec.storage.output); None
+    when the sweep has no preparation (`wanted`)."""
     if not wanted(spec):
         return None
-    return _cache(cache_root(output_root if output_root is not None else spec.storage.output, namespace), spec, trial)
+    return _cache(cache_uri or cache_root(spec.storage.output, namespace), spec, trial)
 
 
 def _cache(uri: str, spec: LoraSweepSpec, trial: PlannedTrial) -> CacheConfig:
@@ -79,9 +80,9 @@ def plan_preparation(
     namespace: str,
     sweep: str,
     trials: Sequence[PlannedTrial],
-    output_root: str | None = None,
+    cache_uri: str | None = None,
 ) -> Preparation:
-    uri = cache_root(output_root if output_root is not None else spec.storage.output, namespace)
+    uri = cache_uri or cache_root(spec.storage.output, namespace)
     caches = {trial.id: _cache(uri, spec, trial) for trial in trials}
     seeds = sorted({*spec.search.seeds, *(trial.seed for trial in trials)})
     epochs = max([spec.training.epochs, *(trial.training.epochs for trial in trials)])

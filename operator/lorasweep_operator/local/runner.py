@@ -38,7 +38,7 @@ from lorasweep_operator.local.progress import (
     trial_line,
 )
 from lorasweep_operator.local.terminal import Screen
-from lorasweep_trainer.config import REPORT_FOLDER, TRIALS_FOLDER
+from lorasweep_trainer.config import CACHE_FOLDER, PERMANENT_EXIT_CODES, REPORT_FOLDER, TRIALS_FOLDER
 from lorasweep_trainer.results import EVENT_LOG
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lorasweep_operator.planning import plan
     from lorasweep_operator.spec import SpecError, load_sweep_file
-    from lorasweep_trainer.config import sweep_output
+    from lorasweep_trainer.config import cache_root, sweep_output
 
     try:
         manifest = load_sweep_file(args.sweep_file, default_namespace=args.namespace or "default")
@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         parallel=parallel,
         device=args.device,
         gpus=gpus,
+        cache=cache_root(manifest.spec.storage.output, manifest.namespace) if args.to_storage else None,
         resume_command=resume_command(args),
     )
     return LocalSweep(manifest, trials, options).run()
@@ -189,6 +190,7 @@ class RunOptions:
     device: str = "auto"
     gpus: Sequence[str] = ()
     command: Sequence[str] = field(default_factory=trainer_command)
+    cache: str | None = None  # the preparation's cache; default: cache/ under results
     resume_command: Sequence[str] = ()  # printed after an interrupt; empty: "run the same command again"
 
 
@@ -206,6 +208,7 @@ class LocalSweep:
         self, manifest: SweepManifest, trials: Sequence[PlannedTrial], options: RunOptions, out: TextIO | None = None
     ) -> None:
         from lorasweep_operator.planning import trial_config
+        from lorasweep_operator.preparation import plan_preparation
         from lorasweep_trainer import storage
 
         self.manifest = manifest
@@ -215,8 +218,20 @@ class LocalSweep:
         self.stopping = 0
         self.configs: dict[str, TrialConfig] = {}
         self.progress: list[TrialProgress] = []
+        # The operator's preparation step, as one local process before the trials (only for the trainer's own
+        # command: another command may not read the cache).
+        cache = options.cache or storage.join(options.results, CACHE_FOLDER)
+        preparation = plan_preparation(manifest.spec, manifest.namespace, manifest.name, trials, cache)
+        prepares = list(options.command) == trainer_command()
+        self.preparation = preparation.config.model_copy(update={"device": options.device}) if prepares else None
         for trial in trials:
-            config = trial_config(manifest.spec, manifest.namespace, manifest.name, trial)
+            config = trial_config(
+                manifest.spec,
+                manifest.namespace,
+                manifest.name,
+                trial,
+                cache=preparation.trial_caches[trial.id] if prepares else None,
+            )
             # Local trials share one machine: no fixed metrics port to collide on, the device the user chose.
             self.configs[trial.id] = config.model_copy(
                 update={
@@ -227,6 +242,7 @@ class LocalSweep:
             )
             label = "baseline" if trial.group == "baseline" else f"{trial.group}: {trial.variant}"
             self.progress.append(TrialProgress(trial=trial.id, label=label, epochs=trial.training.epochs))
+        self.prepared_code: int | None = None
         self.running: dict[str, Running] = {}
         self.failures: dict[str, str] = {}
         self.free_gpus = list(options.gpus)
@@ -264,6 +280,8 @@ class LocalSweep:
         )
         previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if self.pending() and self.preparation is not None and not self.prepare():
+                return self.prepare_failed()
             while not self.stopping and (self.pending() or self.running):
                 self.launch()
                 self.poll()
@@ -280,6 +298,54 @@ class LocalSweep:
             self.say(self.interrupted())
             return EXIT_INTERRUPTED
         return self.finish()
+
+    def prepare(self) -> bool:
+        """The sweep's shared work, once: ``lorasweep-trainer prepare`` (clips decoded and encoded into the cache).
+        False when it failed or was interrupted."""
+        from lorasweep_trainer.config import PREPARE_ENV, TERMINATION_LOG_ENV, WORK_DIR_ENV
+
+        assert self.preparation is not None
+        folder = self.options.state / "prepare"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "termination.json").unlink(missing_ok=True)
+        env = dict(os.environ)
+        env[PREPARE_ENV] = self.preparation.model_dump_json(by_alias=True)
+        env[TERMINATION_LOG_ENV] = str(folder / "termination.json")
+        env[WORK_DIR_ENV] = str(folder)
+        self.note(f"preparing: decoding the sweep's clips once into {self.preparation.cache.uri}")
+        with (folder / "prepare.log").open("ab") as log:
+            process = subprocess.Popen(
+                trainer_command("prepare"),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            while process.poll() is None:
+                if self.stopping:
+                    _signal_group(process, signal.SIGTERM)
+                    process.wait()
+                    return False
+                time.sleep(POLL_SECONDS)
+        self.prepared_code = process.returncode
+        return process.returncode == 0
+
+    def prepare_failed(self) -> int:
+        from lorasweep_trainer.results import PrepareSummary
+
+        if self.stopping:
+            self.say(self.interrupted())
+            return EXIT_INTERRUPTED
+        folder = self.options.state / "prepare"
+        try:
+            summary = PrepareSummary.model_validate_json((folder / "termination.json").read_text())
+            why = f"{summary.reason}: {summary.message}"
+        except (OSError, ValueError):
+            why = f"exit code {self.prepared_code}"
+        self.say(f"preparation failed ({why}); no trial ran. Its log: {folder / 'prepare.log'}")
+        return EXIT_BAD_INPUT if self.prepared_code in PERMANENT_EXIT_CODES else EXIT_TRIALS_FAILED
 
     def interrupted(self) -> str:
         """What to do after Ctrl-C: the next run starts every trial without a metrics.json, the check it makes."""
