@@ -259,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--gpu-iterations", type=int, default=10, help="ViT-L iterations to time where CUDA is present")
     bench.add_argument("--vitl-cpu", action="store_true", help="without CUDA, time one ViT-L iteration on CPU (fp32)")
     bench.set_defaults(func=cmd_bench)
+
+    from lorasweep_trainer import flops
+
+    count = sub.add_parser("flops", help="count a sweep's FLOPs with and without its shared work done once")
+    flops.add_arguments(count)
+    count.set_defaults(func=lambda args: flops.run_flops(args))
     return parser
 
 

@@ -161,6 +161,7 @@ class TrialInputs:
     close: Callable[[], None]
     stats: cache.CacheStats = field(default_factory=cache.CacheStats)
     encoder_ms_per_video: float = 0.0  # features: the encoder's share of inference, timed once by the preparation
+    timing_clips: int = INFERENCE_TIMING_CLIPS  # features: the head is timed on as many clips as the encoder was
 
 
 def streamed_inputs(cfg: TrialConfig, model: PeftModel, loader: ClipLoader, reason: str) -> TrialInputs:
@@ -241,6 +242,7 @@ def cached_inputs(
         close=decoder.close,
         stats=stats,
         encoder_ms_per_video=(encoder_ms or 0.0) if features else 0.0,
+        timing_clips=cache.ENCODER_TIMING_CLIPS if features else INFERENCE_TIMING_CLIPS,
     )
 
 
@@ -380,7 +382,7 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
 
         def keep_for_timing(clips: Iterator[LoadedClip]) -> Iterator[LoadedClip]:
             for clip in clips:
-                if clip.inputs is not None and len(timing_clips) < INFERENCE_TIMING_CLIPS:
+                if clip.inputs is not None and len(timing_clips) < inputs.timing_clips:
                     timing_clips.append(clip.inputs)
                 yield clip
 
