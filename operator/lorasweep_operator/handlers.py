@@ -262,11 +262,11 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     others: dict[str, statuses.ObservedJob] = {}  # the report and preparation Jobs, by name
     for job in kube.list_jobs(namespace, rendering.sweep_selector(name)):
         if ObjectMeta.of(job).owned_by(current.uid):
-            observed = statuses.observe_job(job)
             if rendering.component(job) in (rendering.REPORT_COMPONENT, preparations.COMPONENT):
+                observed = statuses.observe_job(job)
                 others[observed.name] = observed
             else:
-                jobs.append(observed)
+                jobs.extend(statuses.observe_jobs(job))
     report_job = others.get(rendering.report_job_name(name, current.uid))
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
@@ -279,10 +279,11 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     launched = []
     ready = preparation is None or preparation.phase == "Succeeded"
     for trial in statuses.launches(spec, plan, jobs, current.previous) if ready else []:
-        if kube.create_job(rendering.render_job(spec, namespace, name, current.uid, trial)):
+        created_in_this_pass = any(job.name == trial.job_name for job in jobs)  # a pack's earlier member
+        if not created_in_this_pass and kube.create_job(_render_trial_job(spec, current, plan, trial)):
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
-        jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending"))
+        jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=spec.packing > 1))
     if launched:
         log.info("trial jobs created namespace=%s sweep=%s count=%d", namespace, name, len(launched))
         current.events.append(
@@ -316,6 +317,16 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         written,
     )
     return new
+
+
+def _render_trial_job(
+    spec: LoraSweepSpec, current: Pass, plan: list[planning.PlannedTrial], trial: planning.PlannedTrial
+) -> dict[str, Any]:
+    """The Job of ``trial``: its own, or with spec.packing > 1 its pack's (every plan member of that Job)."""
+    if spec.packing == 1:
+        return rendering.render_job(spec, current.namespace, current.name, current.uid, trial)
+    members = [member for member in plan if member.job_name == trial.job_name]
+    return rendering.render_pack_job(spec, current.namespace, current.name, current.uid, members)
 
 
 def _prepare(

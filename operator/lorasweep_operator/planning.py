@@ -18,7 +18,7 @@ import json
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -310,7 +310,24 @@ def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus] = ()) ->
             f"the search expands to {len(trials):,} trials, more than maxTrials={spec.max_trials:,}; "
             f"narrow the search or raise spec.maxTrials (at most {DEFAULT_MAX_TRIALS:,})"
         )
-    return trials
+    return packed(trials, sweep, spec.packing)
+
+
+PACK_PREFIX = "pack-"
+
+
+def packed(trials: list[PlannedTrial], sweep: str, packing: int) -> list[PlannedTrial]:
+    """With ``packing`` N > 1, every N consecutive trials of the plan share one Job (one pod, run one after
+    another): the packs are fixed by plan order, so a restarted operator finds the same Jobs and no trial is ever
+    in two of them."""
+    if packing <= 1:
+        return trials
+    out: list[PlannedTrial] = []
+    for start in range(0, len(trials), packing):
+        members = trials[start : start + packing]
+        name = job_name(sweep, PACK_PREFIX + short_hash(",".join(t.id for t in members)))
+        out += [replace(trial, job_name=name) for trial in members]
+    return out
 
 
 def trial_config(

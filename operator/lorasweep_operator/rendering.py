@@ -20,10 +20,11 @@ from typing import Any
 
 from lorasweep_operator import preparation as preparations
 from lorasweep_operator.commands.report import PERMANENT_EXIT_CODES as REPORT_PERMANENT_EXIT_CODES
-from lorasweep_operator.planning import PlannedTrial, job_name, label_value, short_hash, trial_config
+from lorasweep_operator.planning import PACK_PREFIX, PlannedTrial, job_name, label_value, short_hash, trial_config
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepSpec
 from lorasweep_trainer.config import (
     DEFAULT_TERMINATION_LOG,
+    PACK_ENV,
     PERMANENT_EXIT_CODES,
     PREPARE_ENV,
     REPORT_FOLDER,
@@ -40,6 +41,7 @@ TRIAL_LABEL = "lorasweep.dev/trial"
 GROUP_ANNOTATION = "lorasweep.dev/group"
 VARIANT_ANNOTATION = "lorasweep.dev/variant"
 INDEX_ANNOTATION = "lorasweep.dev/index"
+TRIALS_ANNOTATION = "lorasweep.dev/trials"  # a pack's members, in order
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 APP_LABELS = {
     "app.kubernetes.io/name": "lorasweep",
@@ -230,6 +232,36 @@ def render_job(
         },
         "spec": job_spec,
     }
+
+
+def render_pack_job(
+    spec: LoraSweepSpec, namespace: str, sweep: str, sweep_uid: str, members: Sequence[PlannedTrial]
+) -> dict[str, Any]:
+    """The Job of packed trials (spec.packing > 1): a trial's Job whose pod runs every member, one after another
+    (`LORASWEEP_PACK`); its trial label names the pack, its `TRIALS_ANNOTATION` the members in order."""
+    job = render_job(spec, namespace, sweep, sweep_uid, members[0])
+    configs = [
+        trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
+        for trial in members
+    ]
+    document = "[" + ",".join(config.model_dump_json(by_alias=True) for config in configs) + "]"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [
+        {"name": PACK_ENV, "value": document} if item["name"] == TRIAL_ENV else item for item in container["env"]
+    ]
+    pack = pack_label(members[0].job_name)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        labels[TRIAL_LABEL] = pack
+    job["metadata"]["annotations"] = {
+        TRIALS_ANNOTATION: ",".join(trial.id for trial in members),
+        INDEX_ANNOTATION: str(members[0].index),
+    }
+    return job
+
+
+def pack_label(job: str) -> str:
+    """A pack's trial label value: ``pack-<hash>``, the tail of its Job name (never a trial id, those are bare hashes)."""
+    return job[job.rindex(PACK_PREFIX) :]
 
 
 def report_prefixes(spec: LoraSweepSpec, namespace: str, sweep: str) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from lorasweep_trainer.config import (
+    MAX_PACKING,
     Contract,
     DatasetConfig,
     FeatureCacheMode,
@@ -322,6 +323,9 @@ class LoraSweepSpec(Contract):
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     queue_name: str | None = Field(default=None, description="Kueue LocalQueue; Jobs are created suspended for it")
+    packing: Annotated[int, Field(ge=1, le=MAX_PACKING)] = Field(
+        default=1, description="trials per Job: more than 1 runs them one after another in one pod, one import"
+    )
     feature_cache: FeatureCacheMode = Field(
         default="auto",
         description="train on the frozen encoder's features computed once: auto (where LoRA leaves the encoder "

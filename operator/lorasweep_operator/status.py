@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from lorasweep_operator.planning import PlannedTrial
-from lorasweep_operator.rendering import CONTAINER, REPORT_CONTAINER, TRIAL_LABEL, is_report
+from lorasweep_operator.rendering import CONTAINER, REPORT_CONTAINER, TRIAL_LABEL, TRIALS_ANNOTATION, is_report
 from lorasweep_operator.report.model import ReportSummary
 from lorasweep_operator.spec import (
     TERMINAL_SWEEP_PHASES,
@@ -37,7 +37,7 @@ from lorasweep_operator.spec import (
     TrialPhase,
     TrialStatus,
 )
-from lorasweep_trainer.results import TerminationSummary
+from lorasweep_trainer.results import PackSummary, TerminationSummary
 
 FULL_TABLE_LIMIT = 100
 TOP_K = 20
@@ -63,6 +63,7 @@ class ObservedJob:
     start_time: str | None = None
     completion_time: str | None = None
     summary: TerminationSummary | None = None
+    packed: bool = False  # one member of a pack Job (spec.packing > 1): its phase comes from its own summary
 
     @property
     def terminal(self) -> bool:
@@ -116,6 +117,15 @@ def observe_job(job: Mapping[str, Any]) -> ObservedJob:
     return ObservedJob(name, trial, "Running" if running else "Pending", start_time=started)
 
 
+def observe_jobs(job: Mapping[str, Any]) -> list[ObservedJob]:
+    """A trial Job to its trial, or a pack Job to each of its members (`rendering.TRIALS_ANNOTATION`)."""
+    observed = observe_job(job)
+    members = ((job.get("metadata") or {}).get("annotations") or {}).get(TRIALS_ANNOTATION)
+    if not members:
+        return [observed]
+    return [replace(observed, trial=trial, packed=True) for trial in str(members).split(",")]
+
+
 def _clip(text: str | None) -> str | None:
     return None if text is None else text[:MESSAGE_LIMIT]
 
@@ -148,11 +158,26 @@ def summaries_by_trial(pods: Sequence[Mapping[str, Any]]) -> dict[str, Terminati
         found = termination_message(pod)
         if trial and found and (trial not in latest or found[0] >= latest[trial][0]):
             latest[trial] = found
-    return {trial: parse_summary(trial, message) for trial, (_, message) in latest.items()}
+    summaries: dict[str, TerminationSummary] = {}
+    for trial, (_, message) in latest.items():
+        try:
+            summaries.update({member.trial: member for member in PackSummary.model_validate_json(message).pack})
+        except ValidationError:
+            summaries[trial] = parse_summary(trial, message)
+    return summaries
 
 
 def with_summaries(jobs: Sequence[ObservedJob], summaries: Mapping[str, TerminationSummary]) -> list[ObservedJob]:
-    return [replace(job, summary=summaries.get(job.trial, job.summary)) for job in jobs]
+    """Each Job with its trial's summary; a finished pack's member takes its phase from its own summary (a pack
+    Job fails as a whole when one member failed for good, yet its other members succeeded)."""
+    out = []
+    for job in jobs:
+        summary = summaries.get(job.trial, job.summary)
+        phase = job.phase
+        if job.packed and job.terminal and summary is not None:
+            phase = summary.status
+        out.append(replace(job, summary=summary, phase=phase))
+    return out
 
 
 # --- launching ----------------------------------------------------------------------------------------------
@@ -172,12 +197,20 @@ def launches(
     if failed > spec.max_failed_trials:
         return []
     existing = {job.trial for job in jobs}
-    active = sum(1 for job in jobs if not job.terminal and job.trial not in finished)
+    # parallelism counts Jobs (pods): a pack's members share one.
+    active = len({job.name for job in jobs if not job.terminal and job.trial not in finished})
     room = spec.parallelism - active
     if room <= 0:
         return []
     waiting = [trial for trial in plan if trial.id not in existing and trial.id not in finished]
-    return waiting[:room]
+    chosen: list[PlannedTrial] = []
+    names: set[str] = set()
+    for trial in waiting:
+        if trial.job_name not in names and len(names) == room:
+            break
+        names.add(trial.job_name)
+        chosen.append(trial)
+    return chosen
 
 
 def _finished(jobs: Sequence[ObservedJob], previous: LoraSweepStatus) -> dict[str, tuple[TrialPhase, float | None]]:

@@ -121,3 +121,35 @@ def test_a_failed_preparation_fails_the_sweep_with_its_reason_and_launches_no_tr
     assert list_jobs(cluster, namespace) == []  # no trial Job
     (job,) = list_jobs(cluster, namespace, PREPARATIONS)
     assert job["status"].get("failed", 0) == 1  # exit 3 is permanent: the podFailurePolicy failed it at once
+
+
+def test_packed_trials_share_one_job_and_keep_their_own_results(
+    cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
+) -> None:
+    subprocess.run(
+        [str(BIN / "lorasweep-trainer"), "synth", f"s3://{s3_bucket}/clips/", "--actions", "8,9,23"]
+        + ["--clips-per-action", "4"],
+        check=True,
+        capture_output=True,
+        env={**s3_server.env, "PATH": str(BIN)},
+    )
+    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
+    cluster.kubectl(
+        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
+    )
+    sweep = tiny_sweep("packed", namespace, s3_bucket, s3_server.endpoint_url, [1e-3, 5e-3])
+    # A third trial whose LoRA target the model lacks: it fails for good (exit 2), its neighbours still succeed.
+    sweep["spec"]["search"]["list"].append({"lora": {"targetModules": ["no_such_module"]}})
+    sweep["spec"].update(packing=3, maxFailedTrials=1)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(sweep))
+    status = wait_phase(cluster, namespace, "packed", ("Succeeded", "Failed"), timeout=600)["status"]
+    assert status["phase"] == "Succeeded", (json.dumps(status, indent=1), operator.log())
+    assert status["counts"] == {"total": 3, "pending": 0, "running": 0, "succeeded": 2, "failed": 1}
+    (job,) = list_jobs(cluster, namespace)  # one pod ran all three
+    assert {row["job"] for row in status["trials"]} == {job["metadata"]["name"]}
+    failed = [row for row in status["trials"] if row["phase"] == "Failed"]
+    assert failed[0]["reason"] == "InvalidConfig" and "no_such_module" in failed[0]["message"]
+    for row in status["trials"]:
+        if row["phase"] == "Succeeded":
+            metrics = metrics_of(s3_server, row["metricsUri"])
+            assert metrics["trial"] == row["id"] and metrics["feature_cache"]["used"] is True

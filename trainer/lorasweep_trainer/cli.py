@@ -21,6 +21,7 @@ from lorasweep_trainer.config import (
     EXIT_DATASET_UNUSABLE,
     EXIT_INVALID_CONFIG,
     EXIT_SUCCEEDED,
+    PACK_ENV,
     PREPARE_ENV,
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
@@ -28,7 +29,7 @@ from lorasweep_trainer.config import (
     PrepareConfig,
     TrialConfig,
 )
-from lorasweep_trainer.results import PrepareSummary, TerminationSummary
+from lorasweep_trainer.results import PackSummary, PrepareSummary, TerminationSummary
 
 log = logging.getLogger("lorasweep_trainer")
 
@@ -43,7 +44,7 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def write_termination(summary: TerminationSummary | PrepareSummary) -> None:
+def write_termination(summary: TerminationSummary | PrepareSummary | PackSummary) -> None:
     path = os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
     try:
         Path(path).write_text(summary.encode(), encoding="utf-8")
@@ -66,6 +67,10 @@ def _trial_id(text: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not args.trial and os.environ.get(PACK_ENV):
+        from lorasweep_trainer.pack import run_pack
+
+        return run_pack(os.environ[PACK_ENV], run_trial)
     if args.trial:
         try:
             text = Path(args.trial).read_text(encoding="utf-8")
@@ -91,6 +96,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"invalid trial configuration: {validation_message(error)}",
         )
 
+    return run_trial(cfg)
+
+
+def run_trial(cfg: TrialConfig) -> int:
+    """One trial in this process: train, publish, leave the termination message; returns the exit code."""
     from lorasweep_trainer.data import DatasetError
     from lorasweep_trainer.results import summarize
     from lorasweep_trainer.train import train

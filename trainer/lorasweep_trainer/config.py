@@ -219,6 +219,9 @@ class PrepareConfig(Contract):
 
 
 PREPARE_ENV = "LORASWEEP_PREPARE"
+# Packed trials (spec.packing > 1): a JSON list of TrialConfig documents, run one after another in one pod.
+PACK_ENV = "LORASWEEP_PACK"
+MAX_PACKING = 8  # their termination summaries must fit in one termination message together
 CACHE_FOLDER = "cache/"
 
 

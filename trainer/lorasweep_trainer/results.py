@@ -139,6 +139,21 @@ class TerminationSummary(BaseModel):
         return cls.model_validate(json.loads(text))
 
 
+class PackSummary(BaseModel):
+    """The termination message of packed trials: one summary per trial, in pack order."""
+
+    pack: list[TerminationSummary]
+
+    def encode(self) -> str:
+        text = self.model_dump_json(exclude_none=True)
+        for limit in (200, 60, 0):  # what does not fit is the failures' messages, never the results
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                break
+            trimmed = [s.model_copy(update={"message": (s.message or "")[:limit] or None}) for s in self.pack]
+            text = PackSummary(pack=trimmed).model_dump_json(exclude_none=True)
+        return text
+
+
 class PrepareSummary(BaseModel):
     """The preparation step's outcome (its termination message): what the cache holds and what it took."""
 
