@@ -117,7 +117,7 @@ def owner_reference(sweep: str, uid: str) -> dict[str, Any]:
 
 
 def _storage_env(spec: LoraSweepSpec) -> list[dict[str, Any]]:
-    env = [{"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG}]
+    env: list[dict[str, Any]] = [{"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG}]
     if spec.storage.endpoint:
         env.append({"name": ENDPOINT_ENV, "value": spec.storage.endpoint})
     if spec.storage.credentials_secret:

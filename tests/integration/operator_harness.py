@@ -71,9 +71,7 @@ def bind_operator(cluster: Any, namespace: str) -> None:
 class OperatorProcess:
     """`lorasweep operator --namespace NS` with the ServiceAccount's kubeconfig; restartable, killable."""
 
-    def __init__(
-        self, namespace: str, kubeconfig: Path, log_dir: Path, policy: tuple[str, ...] = TEST_POLICY
-    ) -> None:
+    def __init__(self, namespace: str, kubeconfig: Path, log_dir: Path, policy: tuple[str, ...] = TEST_POLICY) -> None:
         self.namespace = namespace
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir

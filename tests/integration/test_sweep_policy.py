@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import yaml
 from operator_harness import OPERATOR_ACCOUNT, OperatorProcess, bind_operator, condition, get_sweep, list_jobs
-from policy_cases import CASES, POLICIES, SECRET, STRICT, case_spec
 
 from fixtures_cluster import wait_for
 from lorasweep_operator import status as statuses
 from lorasweep_operator.devcluster import binaries
 from lorasweep_operator.spec import API_VERSION, KIND
+from policy_cases import CASES, POLICIES, SECRET, STRICT, case_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "lorasweep"
@@ -61,7 +61,9 @@ def sweep(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
-def as_user(cluster: Any, user: str, *args: str, body: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+def as_user(
+    cluster: Any, user: str, *args: str, body: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
     result: subprocess.CompletedProcess[str] = cluster.kubectl(
         f"--as={user}", *args, input=json.dumps(body) if body is not None else None, check=False
     )
@@ -269,7 +271,7 @@ def test_a_planted_secret_reaches_no_status_event_or_operator_log(
 
     assert (leak_row["reason"], leak_row["message"]) == ("NoSummary", statuses.UNSTRUCTURED_MESSAGE)
     assert trainer_row["reason"] == "DatasetUnusable", trainer_row  # the trainer's own summary still shows
-    logs = cluster.kubectl("logs", "-n", namespace, "-l", f"lorasweep.dev/sweep=leak", "--tail=-1").stdout
+    logs = cluster.kubectl("logs", "-n", namespace, "-l", "lorasweep.dev/sweep=leak", "--tail=-1").stdout
     assert planted in logs, "the test has teeth: the command did print the secret"
     assert "unrelated: absent" in logs, "only the trainer's keys of the Secret reach the pod"
     trainer_logs = cluster.kubectl("logs", "-n", namespace, "-l", "lorasweep.dev/sweep=trainer", "--tail=-1").stdout

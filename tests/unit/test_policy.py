@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 import yaml
-from policy_cases import CASES, POLICIES, STRICT, case_spec, job_policy
 
 from lorasweep_operator import policy
 from lorasweep_operator.cli import build_parser
 from lorasweep_operator.commands.operator import job_policy as cli_policy
 from lorasweep_operator.spec import parse_spec
+from policy_cases import CASES, POLICIES, STRICT, case_spec, job_policy
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "lorasweep"
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from test_rendering import CREDENTIAL_REFS, secret_keys
 
 from lorasweep_operator import planning, rendering, status
 from lorasweep_operator.cli import build_parser, main
 from lorasweep_operator.report.model import ReportSummary
 from lorasweep_operator.spec import LoraSweepSpec, LoraSweepStatus, TrialOutcome, TrialStatus, parse_spec
-from test_rendering import CREDENTIAL_REFS, secret_keys
 
 REFERENCE = Path(__file__).parent / "data" / "reference-sweep"
 NOW = "2025-10-06T12:00:00Z"
