@@ -7,9 +7,9 @@ in two places, kept equal by tests that send the same cases through both:
 
 - here, when the operator renders a sweep's Jobs: a sweep outside the policy is marked Invalid (for every
   author: the operator cannot know who wrote it);
-- in the API server, the chart's ValidatingAdmissionPolicy (``lorasweep.policy`` in
-  charts/lorasweep/templates/_helpers.tpl, deploy/admission/): a sweep outside the policy is admitted only
-  from a user who may create Jobs in that namespace themselves.
+- in the API server, the ValidatingAdmissionPolicy (charts/lorasweep/templates/admissionpolicy.yaml, the same
+  as deploy/admission/policy.yaml): a sweep outside the policy is admitted only from a user who may create
+  Jobs in that namespace themselves (who could run it without the operator).
 
 Image entries are prefixes: ``registry/team/trainer`` allows that repository at any tag or digest
 (``...trainer``, ``...trainer:0.1.0``, ``...trainer@sha256:...``, not ``...trainer-evil``); an entry that ends

@@ -112,18 +112,13 @@ def test_version_label_is_the_image_tag_or_the_app_version(render: Render) -> No
     assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "1.2.3_cu128"
 
 
-def dashboard_configmaps(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The dashboards' ConfigMaps (the admission policy's limits are a ConfigMap too)."""
-    return [cm for cm in by_kind(objects, "ConfigMap") if all(key.endswith(".json") for key in cm.get("data", {}))]
-
-
 def test_long_names_are_cut_to_63_characters(render: Render) -> None:
     objects = render(CHART / "ci" / "long-names-values.yaml", release="a-release-name-that-is-long-too")
     names = {obj["metadata"]["name"] for obj in objects if obj["kind"] != "CustomResourceDefinition"}
     assert max(len(name) for name in names) == 63, "the long override should reach the limit"
     identities = [(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]) for obj in objects]
     assert len(set(identities)) == len(identities), "cutting names made two objects collide"
-    dashboards = dashboard_configmaps(objects)
+    dashboards = by_kind(objects, "ConfigMap")
     assert len({cm["metadata"]["name"] for cm in dashboards}) == len(list((CHART / "dashboards").glob("*.json")))
 
 
@@ -206,7 +201,7 @@ def test_monitors_and_dashboards(render: Render) -> None:
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     files = {path.name: path.read_text() for path in (CHART / "dashboards").glob("*.json")}
-    configmaps = dashboard_configmaps(objects)
+    configmaps = by_kind(objects, "ConfigMap")
     assert len(configmaps) == len(files) >= 2
     shipped = {}
     for configmap in configmaps:
@@ -220,9 +215,8 @@ def test_monitors_and_dashboards(render: Render) -> None:
 
 
 def test_optional_objects_are_off_by_default(render: Render) -> None:
-    objects = render()
-    assert not {obj["kind"] for obj in objects} & {"ServiceMonitor", "PodMonitor"}
-    assert not dashboard_configmaps(objects)
+    kinds = {obj["kind"] for obj in render()}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "ConfigMap"}
 
 
 def test_every_value_has_a_comment() -> None:

@@ -33,7 +33,7 @@ from policy_cases import CASES, POLICIES, SECRET, STRICT, case_spec
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "lorasweep"
 TINY_SAMPLE = ROOT / "deploy" / "samples" / "tiny-cpu-sweep.yaml"
-ADMISSION = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap")
+ADMISSION = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
 EDITOR, READER, ADMIN = "alice", "carol", "dave"
 OTHER_SECRET = "other"
@@ -108,7 +108,12 @@ def admission_policy(cluster: Any, objects: list[dict[str, Any]]) -> Iterator[No
 def wait_enforced(cluster: Any, namespace: str) -> None:
     """The policy takes effect once the API server's informers have it: until alice is refused a Secret."""
     probe = sweep("probe", namespace, case_spec({"storage": {"output": "s3://b/", "credentialsSecret": OTHER_SECRET}}))
-    wait_for("the admission policy to be enforced", lambda: not admitted(cluster, EDITOR, probe)[0], timeout=60)
+
+    def enforced() -> bool:
+        ok, message = admitted(cluster, EDITOR, probe)
+        return not ok and f"may not get Secret {OTHER_SECRET}" in message
+
+    wait_for("the admission policy to be enforced", enforced, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +122,12 @@ def helm(cluster: Any) -> Path:
 
 
 def test_chart_and_deploy_carry_the_same_admission_policy(helm: Path, tmp_path: Path) -> None:
+    """deploy/admission is the chart's admission policy with the default values, bound in every namespace."""
     plain = [doc for doc in yaml.safe_load_all((ROOT / "deploy" / "admission" / "policy.yaml").read_text()) if doc]
     chart = [obj for obj in render_chart(helm, "ns", STRICT, tmp_path) if obj["kind"] == ADMISSION[0]]
     assert [obj["spec"] for obj in chart] == [obj["spec"] for obj in plain]
-    (chart_params,) = [obj for obj in render_chart(helm, "ns", STRICT, tmp_path) if obj["kind"] == "ConfigMap"]
-    (plain_params,) = [
-        doc
-        for doc in yaml.safe_load_all((ROOT / "deploy" / "admission" / "binding.yaml").read_text())
-        if doc and doc["kind"] == "ConfigMap"
-    ]
-    assert chart_params["data"] == plain_params["data"]
+    (binding,) = [doc for doc in yaml.safe_load_all((ROOT / "deploy" / "admission" / "binding.yaml").read_text())]
+    assert binding["spec"] == {"policyName": plain[0]["metadata"]["name"], "validationActions": ["Deny"]}
 
 
 def test_admission_holds_each_author_to_their_own_rights(
