@@ -44,7 +44,8 @@ kubectl apply -f scripts/kind-s3.yaml
 kubectl -n "$system_namespace" rollout status deployment/lorasweep-s3 --timeout=180s
 
 helm upgrade --install lorasweep charts/lorasweep --namespace "$system_namespace" --wait --timeout 5m \
-  --set image.repository=lorasweep-operator --set image.tag="$tag" --set image.pullPolicy=Never
+  --set image.repository=lorasweep-operator --set image.tag="$tag" --set image.pullPolicy=Never \
+  --set 'policy.allowedImages={lorasweep-trainer}'  # the locally built trainer image the tiny sample runs
 
 # The tiny CPU sample, end to end: synthetic clips into the store (through a port-forward, from this
 # checkout's venv: the clips need OpenCV from the dev extra), the sweep applied, then waited for.

@@ -25,6 +25,7 @@ import kopf
 from pydantic import ValidationError
 
 from lorasweep_operator import planning, rendering, telemetry
+from lorasweep_operator import policy as policies
 from lorasweep_operator import preparation as preparations
 from lorasweep_operator import status as statuses
 from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
@@ -56,6 +57,8 @@ class Settings:
 
     kube: Kube | None = None
     write_reports: bool = False
+    # What the operator may put in a Job on a sweep author's behalf (the chart's policy.* values).
+    policy: policies.JobPolicy = field(default_factory=policies.JobPolicy)
 
 
 SETTINGS = Settings()
@@ -250,11 +253,13 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     )
     try:
         spec = parse_spec(body.get("spec") or {})
+        policies.check(spec, SETTINGS.policy)  # every Job of this pass is rendered from this spec
         plan = planning.plan(spec, name, _source_trials(kube, current, spec))
     except SpecError as error:
-        _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now()))
+        reason = "NotAllowedByPolicy" if isinstance(error, policies.PolicyError) else "InvalidSpec"
+        _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now(), reason))
         if current.previous.observed_generation != current.generation:
-            kube.emit_event(body, "Warning", "InvalidSpec", str(error))
+            kube.emit_event(body, "Warning", reason, str(error))
         log.warning("invalid sweep namespace=%s sweep=%s problem=%s", namespace, name, error)
         raise Invalid(str(error)) from None
 

@@ -103,13 +103,16 @@ def plan_preparation(
 
 
 def summary_of(message: str | None) -> PrepareSummary | None:
-    """The preparation's termination message, or (a crash's log tail) a Failed summary carrying the text."""
+    """The preparation's termination message; anything but its JSON summary becomes a Failed summary with a fixed
+    text, never its contents (they may hold what the status must not: see status.UNSTRUCTURED_MESSAGE)."""
+    from lorasweep_operator.status import UNSTRUCTURED_MESSAGE
+
     if not message:
         return None
     try:
         return PrepareSummary.model_validate_json(message)
     except ValidationError:
-        return PrepareSummary(status="Failed", reason="NoSummary", message=message.strip()[:MESSAGE_LIMIT])
+        return PrepareSummary(status="Failed", reason="NoSummary", message=UNSTRUCTURED_MESSAGE)
 
 
 def observe(

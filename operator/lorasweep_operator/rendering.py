@@ -51,6 +51,16 @@ APP_LABELS = {
 COMPONENT_LABEL = "app.kubernetes.io/component"
 REPORT_COMPONENT = "report"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+# The keys of spec.storage.credentialsSecret a trial reads (name -> optional), each by secretKeyRef: the rest of
+# that Secret never reaches the pod, so a Secret shared with other tools gives a trial only what it needs.
+CREDENTIAL_KEYS = {
+    "AWS_ACCESS_KEY_ID": False,
+    "AWS_SECRET_ACCESS_KEY": False,
+    "AWS_SESSION_TOKEN": True,
+    "AWS_REGION": True,
+    "AWS_DEFAULT_REGION": True,
+    "HF_TOKEN": True,
+}
 # Reading a few hundred metrics.json files and drawing two figures: a fraction of a core, well under 1 GiB.
 REPORT_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 REPORT_BACKOFF_LIMIT = 2
@@ -117,9 +127,15 @@ def owner_reference(sweep: str, uid: str) -> dict[str, Any]:
 
 
 def _storage_env(spec: LoraSweepSpec) -> list[dict[str, Any]]:
-    env = [{"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG}]
+    env: list[dict[str, Any]] = [{"name": TERMINATION_LOG_ENV, "value": DEFAULT_TERMINATION_LOG}]
     if spec.storage.endpoint:
         env.append({"name": ENDPOINT_ENV, "value": spec.storage.endpoint})
+    if spec.storage.credentials_secret:
+        for key, optional in CREDENTIAL_KEYS.items():
+            ref: dict[str, Any] = {"name": spec.storage.credentials_secret, "key": key}
+            if optional:
+                ref["optional"] = True
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
     return env
 
 
@@ -133,12 +149,11 @@ def _container(
         "env": env,
         "resources": resources,
         "terminationMessagePath": DEFAULT_TERMINATION_LOG,
-        # A crash before the program writes its summary still leaves the log tail as the message.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # File, never FallbackToLogsOnError: a log tail (which may hold anything the program printed, secrets
+        # included) must not become the pod's status, nor through it the sweep's status and Events.
+        "terminationMessagePolicy": "File",
         "securityContext": copy.deepcopy(SECURITY_CONTEXT),
     }
-    if spec.storage.credentials_secret:
-        container["envFrom"] = [{"secretRef": {"name": spec.storage.credentials_secret}}]
     return container
 
 

@@ -275,7 +275,9 @@ class Storage(Contract):
     output: str = Field(min_length=1, description="s3://bucket/prefix/: trials and reports go under it")
     endpoint: str | None = Field(default=None, description="S3 endpoint URL (MinIO, moto); AWS when unset")
     credentials_secret: str | None = Field(
-        default=None, description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, loaded by envFrom"
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (optional AWS_SESSION_TOKEN, AWS_REGION, "
+        "AWS_DEFAULT_REGION, HF_TOKEN): only these keys reach the trial pods, each by secretKeyRef",
     )
 
 

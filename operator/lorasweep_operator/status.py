@@ -142,12 +142,21 @@ def termination_message(pod: Mapping[str, Any], name: str = CONTAINER) -> tuple[
     return None
 
 
+# What stands for a termination message that is not the program's JSON summary. Its text is never shown: it
+# may be anything the container wrote there (or, under another terminationMessagePolicy, its log tail), and the
+# status and Events are readable by everyone with the view role, while the Secrets the trial held are not.
+UNSTRUCTURED_MESSAGE = (
+    "the container exited without its JSON summary; its own output is not copied here (it may hold secrets): "
+    "read it with kubectl logs, if you may"
+)
+
+
 def parse_summary(trial: str, message: str) -> TerminationSummary:
-    """The trainer's JSON summary, or (a crash's log tail) a Failed summary carrying the text."""
+    """The trainer's JSON summary, or (a crash) a Failed summary that says there was none, never its text."""
     try:
         return TerminationSummary.decode(message)
     except (ValidationError, json.JSONDecodeError, TypeError):
-        return TerminationSummary(trial=trial, status="Failed", reason="NoSummary", message=_clip(message.strip()))
+        return TerminationSummary(trial=trial, status="Failed", reason="NoSummary", message=UNSTRUCTURED_MESSAGE)
 
 
 def summaries_by_trial(pods: Sequence[Mapping[str, Any]]) -> dict[str, TerminationSummary]:
@@ -435,10 +444,13 @@ def _trial_event(row: TrialStatus, spec: LoraSweepSpec) -> Event:
     )
 
 
-def invalid(previous: LoraSweepStatus, problem: str, generation: int | None, now: str) -> LoraSweepStatus:
-    """The status of a sweep whose spec cannot run: phase Failed, SpecValid False with what to fix."""
-    condition = Condition(type=SPEC_VALID, status="False", reason="InvalidSpec", message=_clip(problem) or "")
-    failed = Condition(type=FAILED, status="True", reason="InvalidSpec", message=condition.message)
+def invalid(
+    previous: LoraSweepStatus, problem: str, generation: int | None, now: str, reason: str = "InvalidSpec"
+) -> LoraSweepStatus:
+    """The status of a sweep whose spec cannot run: phase Failed, SpecValid False with what to fix (`reason`:
+    InvalidSpec, or NotAllowedByPolicy for a spec the operator's policy refuses)."""
+    condition = Condition(type=SPEC_VALID, status="False", reason=reason, message=_clip(problem) or "")
+    failed = Condition(type=FAILED, status="True", reason=reason, message=condition.message)
     conditions = set_condition(set_condition(previous.conditions, condition, now), failed, now)
     return previous.model_copy(
         update={
@@ -506,7 +518,7 @@ def termination_message_of(pods: Sequence[Mapping[str, Any]], job: str, containe
 
 
 def report_summary(pods: Sequence[Mapping[str, Any]], job: str) -> ReportSummary | None:
-    """The latest termination summary of report Job `job`'s pods; a crash's log tail as a Failed one."""
+    """The latest termination summary of report Job `job`'s pods; a crash as a Failed one (never its text)."""
     latest: tuple[str, str] | None = None
     for pod in pods:
         labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -518,7 +530,7 @@ def report_summary(pods: Sequence[Mapping[str, Any]], job: str) -> ReportSummary
     try:
         return ReportSummary.decode(latest[1])
     except ValidationError:
-        return ReportSummary(status="Failed", reason="NoSummary", message=_clip(latest[1].strip()))
+        return ReportSummary(status="Failed", reason="NoSummary", message=UNSTRUCTURED_MESSAGE)
 
 
 def _report_condition(

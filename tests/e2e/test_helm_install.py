@@ -79,7 +79,9 @@ class Release:
         return self.run_helm(
             "install", RELEASE, str(CHART), "--namespace", self.namespace, "--wait", "--timeout", "180s",
             "--set", f"operator.watchNamespaces={{{self.namespace}}}",
-            "--set", f"metrics.port={self.metrics_port}", "--set", f"probes.port={self.health_port}", *extra,
+            "--set", f"metrics.port={self.metrics_port}", "--set", f"probes.port={self.health_port}",
+            # The tiny sample runs the locally built trainer image, not the published one the policy allows.
+            "--set", "policy.allowedImages={lorasweep-trainer}", *extra,
         )  # fmt: skip
 
     def uninstall(self) -> None:

@@ -30,6 +30,8 @@ OPERATOR_ACCOUNT = "lorasweep-operator"
 TRIALS = "lorasweep.dev/trial"
 REPORTS = "app.kubernetes.io/component=report"
 LORASWEEP = Path(sys.executable).with_name("lorasweep")
+# The operator's Job policy for these tests: the local trainer images and the stand-in command below.
+TEST_POLICY = ("--allowed-image=lorasweep-trainer", "--allow-command-override")
 
 # A trial in a few lines: reads the contract, sleeps `epochs` x 0.5 s, reports val_accuracy = 100 x learningRate,
 # and exits 2 (invalid configuration) when learningRate >= 0.5, as the trainer does for a bad trial.
@@ -69,10 +71,11 @@ def bind_operator(cluster: Any, namespace: str) -> None:
 class OperatorProcess:
     """`lorasweep operator --namespace NS` with the ServiceAccount's kubeconfig; restartable, killable."""
 
-    def __init__(self, namespace: str, kubeconfig: Path, log_dir: Path) -> None:
+    def __init__(self, namespace: str, kubeconfig: Path, log_dir: Path, policy: tuple[str, ...] = TEST_POLICY) -> None:
         self.namespace = namespace
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
+        self.policy = policy
         self.metrics_port, self.health_port = free_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -82,7 +85,7 @@ class OperatorProcess:
         log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         argv = [
             str(LORASWEEP), "-v", "operator", "--namespace", self.namespace,
-            "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
+            "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), *self.policy,
         ]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -114,9 +117,11 @@ class OperatorProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
 
-    def log(self) -> str:
+    def log(self, limit: int | None = 6000) -> str:
+        """The tail of each start's log (`limit` characters; None: all of it)."""
         return "\n".join(
-            path.read_text(errors="replace")[-6000:] for path in sorted(self.log_dir.glob("operator-*.log"))
+            path.read_text(errors="replace")[-limit if limit else 0 :]
+            for path in sorted(self.log_dir.glob("operator-*.log"))
         )
 
     def metric(self, name: str, **labels: str) -> float:
@@ -134,10 +139,14 @@ class OperatorProcess:
 
 @contextlib.contextmanager
 def running_operator(
-    cluster: Any, namespace: str, serviceaccount_kubeconfig: Callable[[str, str], Path], log_dir: Path
+    cluster: Any,
+    namespace: str,
+    serviceaccount_kubeconfig: Callable[[str, str], Path],
+    log_dir: Path,
+    policy: tuple[str, ...] = TEST_POLICY,
 ) -> Iterator[OperatorProcess]:
     bind_operator(cluster, namespace)
-    operator = OperatorProcess(namespace, serviceaccount_kubeconfig(namespace, OPERATOR_ACCOUNT), log_dir)
+    operator = OperatorProcess(namespace, serviceaccount_kubeconfig(namespace, OPERATOR_ACCOUNT), log_dir, policy)
     operator.start()
     try:
         yield operator

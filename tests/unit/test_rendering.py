@@ -19,6 +19,23 @@ BASE: dict[str, Any] = {
 }
 
 
+# Only the keys the trainer reads, each by name; optional ones do not hold the pod back when missing.
+CREDENTIAL_REFS = {
+    "AWS_ACCESS_KEY_ID": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"},
+    "AWS_SECRET_ACCESS_KEY": {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"},
+    "AWS_SESSION_TOKEN": {"name": "s3", "key": "AWS_SESSION_TOKEN", "optional": True},
+    "AWS_REGION": {"name": "s3", "key": "AWS_REGION", "optional": True},
+    "AWS_DEFAULT_REGION": {"name": "s3", "key": "AWS_DEFAULT_REGION", "optional": True},
+    "HF_TOKEN": {"name": "s3", "key": "HF_TOKEN", "optional": True},
+}
+
+
+def secret_keys(container: dict[str, Any]) -> dict[str, Any]:
+    """env name -> secretKeyRef of every variable taken from a Secret; and no envFrom of a whole Secret."""
+    assert "envFrom" not in container
+    return {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"] if "valueFrom" in item}
+
+
 def render(**changes: Any) -> tuple[dict[str, Any], planning.PlannedTrial, LoraSweepSpec]:
     spec = parse_spec({**BASE, **changes})
     trial = planning.plan(spec, "phase1")[1]
@@ -45,9 +62,11 @@ def test_job_runs_the_trainer_with_the_trial_contract() -> None:
     assert env["LORASWEEP_TERMINATION_LOG"] == "/dev/termination-log"
     assert "AWS_ENDPOINT_URL_S3" not in env
     assert "envFrom" not in container
+    assert not [item for item in container["env"] if "valueFrom" in item]  # no credentialsSecret, no Secret
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert container["terminationMessagePath"] == "/dev/termination-log"
-    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # Never the log tail: it may hold whatever the program printed.
+    assert container["terminationMessagePolicy"] == "File"
 
 
 def test_job_meets_pod_security_restricted() -> None:
@@ -118,9 +137,9 @@ def test_scheduling_storage_and_kueue_options_reach_the_job() -> None:
     spec = job["spec"]
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
-    assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    assert secret_keys(container) == CREDENTIAL_REFS
     assert container["resources"] == {"limits": {"nvidia.com/gpu": "2", "memory": "32Gi"}, "requests": {"cpu": "4"}}
     assert container["command"] == ["python", "-m", "lorasweep_trainer", "train"]
     assert pod["nodeSelector"] == {"gpu": "a100"}

@@ -177,6 +177,8 @@ def test_termination_messages_latest_pod_wins_and_logs_are_not_results() -> None
     assert summaries[plan[0].id].metrics["val_accuracy"] == 0.75
     crashed = status.summaries_by_trial([pod(plan[0], "Traceback (most recent call last): boom")])
     assert crashed[plan[0].id].status == "Failed" and crashed[plan[0].id].reason == "NoSummary"
+    # The text is not the program's summary, so none of it is kept: it may be a log tail holding secrets.
+    assert crashed[plan[0].id].message == status.UNSTRUCTURED_MESSAGE
     assert status.summaries_by_trial([{"metadata": {"labels": {}}, "status": {}}]) == {}
 
 

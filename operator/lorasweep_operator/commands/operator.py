@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lorasweep_operator.policy import JobPolicy
 
 log = logging.getLogger(__name__)
 LOG_LEVEL = logging.INFO  # a service: its log is how people see what it does
@@ -41,6 +45,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write each finished sweep's report to its storage.output itself (the operator then needs S3 access); "
         "without it, a report Job in the sweep's namespace writes it with the trials' image and storage access",
     )
+    policy = parser.add_argument_group(
+        "policy", "what a sweep may put in its Jobs (the chart's policy.* values); a sweep outside it is Invalid"
+    )
+    policy.add_argument(
+        "--allowed-image",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="an allowed trainer image repository (any tag or digest), or a prefix ending in '/' (repeatable; "
+        "default: the project's trainer image, ghcr.io/lorasweep/lorasweep-trainer; --allowed-image='' alone "
+        "allows any image)",
+    )
+    policy.add_argument(
+        "--allow-command-override", action="store_true", help="let spec.command replace the trainer's command"
+    )
+    policy.add_argument(
+        "--allowed-service-account",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a ServiceAccount spec.serviceAccountName may name (repeatable; default none)",
+    )
+    policy.add_argument(
+        "--allowed-priority-class",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a PriorityClass spec.priorityClassName may name (repeatable; default none)",
+    )
+
+
+def job_policy(args: argparse.Namespace) -> JobPolicy:
+    from lorasweep_operator.policy import DEFAULT_TRAINER_IMAGE, JobPolicy
+
+    images = (DEFAULT_TRAINER_IMAGE,) if args.allowed_image is None else tuple(i for i in args.allowed_image if i)
+    return JobPolicy(
+        allowed_images=images,
+        allow_command_override=bool(args.allow_command_override),
+        allowed_service_accounts=tuple(args.allowed_service_account),
+        allowed_priority_classes=tuple(args.allowed_priority_class),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,15 +94,22 @@ def run(args: argparse.Namespace) -> int:
     from lorasweep_operator import handlers, telemetry
 
     handlers.SETTINGS.write_reports = bool(args.write_reports)
+    handlers.SETTINGS.policy = job_policy(args)
     clusterwide = bool(args.all_namespaces or not args.namespace)
     if args.metrics_port:
         telemetry.serve(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    policy = handlers.SETTINGS.policy
     log.info(
-        "operator starting namespaces=%s metrics_port=%s health_port=%s",
+        "operator starting namespaces=%s metrics_port=%s health_port=%s allowed_images=%s command_override=%s "
+        "service_accounts=%s priority_classes=%s",
         "*" if clusterwide else ",".join(args.namespace),
         args.metrics_port,
         args.health_port,
+        ",".join(policy.allowed_images) or "*",
+        policy.allow_command_override,
+        ",".join(policy.allowed_service_accounts) or "-",
+        ",".join(policy.allowed_priority_classes) or "-",
     )
     kopf.run(
         standalone=True,
