@@ -73,6 +73,7 @@ def run_child(
         code = 1
         try:
             os.environ[TERMINATION_LOG_ENV] = str(termination)
+            storage.reset_client()  # the parent's connections are the parent's: sharing a socket garbles both
             code = run_trial(cfg)
         except BaseException:
             log.exception("trial crashed trial=%s", cfg.trial)
@@ -89,6 +90,18 @@ def run_child(
     return code, summary
 
 
+def preload() -> None:
+    """Import what every trial imports (torch, transformers, peft, safetensors, matplotlib for the confusion
+    matrix), once for the pack; importing starts no thread, so forking afterwards is safe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import safetensors.torch  # noqa: F401
+
+    import lorasweep_trainer.train  # noqa: F401
+
+
 def run_pack(text: str, run_trial: Callable[[TrialConfig], int]) -> int:
     """Run the packed trials of ``text`` (a JSON list of TrialConfig) and leave the pack's termination message."""
     try:
@@ -97,7 +110,7 @@ def run_pack(text: str, run_trial: Callable[[TrialConfig], int]) -> int:
         return _invalid(f"invalid packed trial configurations: {error.errors(include_url=False)[:3]}")
     if not 1 <= len(trials) <= MAX_PACKING:
         return _invalid(f"a pack holds 1 to {MAX_PACKING} trials, got {len(trials)}")
-    import lorasweep_trainer.train  # noqa: F401  # the imports every trial needs, paid once for the pack
+    preload()
 
     summaries: list[TerminationSummary] = []
     codes: list[int] = []
