@@ -106,12 +106,16 @@ class TrainingOverride(Contract):
 def _alpha_with_rank(values: list[TrainingOverride], where: str) -> list[TrainingOverride]:
     # Changing the rank alone silently changes alpha/rank (the LoRA scale); the reference always moved them together.
     for index, value in enumerate(values):
-        if value.lora is not None and value.lora.rank is not None and value.lora.alpha is None:
-            raise ValueError(
-                f"{where}[{index}] sets lora.rank={value.lora.rank} without lora.alpha; give alpha too "
-                f"(for example alpha: {2 * value.lora.rank} keeps the reference's alpha = 2 x rank)"
-            )
+        _override_alpha_with_rank(value, f"{where}[{index}]")
     return values
+
+
+def _override_alpha_with_rank(value: TrainingOverride, where: str) -> None:
+    if value.lora is not None and value.lora.rank is not None and value.lora.alpha is None:
+        raise ValueError(
+            f"{where} sets lora.rank={value.lora.rank} without lora.alpha; give alpha too "
+            f"(for example alpha: {2 * value.lora.rank} keeps the reference's alpha = 2 x rank)"
+        )
 
 
 # --- the search ---------------------------------------------------------------------------------------------
@@ -163,6 +167,11 @@ class LoraSpace(Contract):
     alpha: Distribution | None = None
     dropout: Distribution | None = None
 
+    @model_validator(mode="after")
+    def _rank_alpha(self) -> LoraSpace:
+        _rank_needs_alpha(self.rank, self.alpha, "search.random.space.lora")
+        return self
+
 
 class SearchSpace(Contract):
     epochs: Distribution | None = None
@@ -187,10 +196,24 @@ class RandomSearch(Contract):
         return self
 
 
+def _rank_needs_alpha(rank: object, alpha: object, where: str) -> None:
+    # The same rule as _alpha_with_rank, for a grid's or a random space's lora (CEL: the same rule on each).
+    if rank is not None and alpha is None:
+        raise ValueError(
+            f"{where} varies lora.rank without lora.alpha; give alpha too (alpha = 2 x rank keeps the "
+            f"reference's scale)"
+        )
+
+
 class LoraGrid(Contract):
     rank: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(default=None, min_length=1)
     alpha: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1)
     dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _rank_alpha(self) -> LoraGrid:
+        _rank_needs_alpha(self.rank, self.alpha, "search.grid.lora")
+        return self
 
 
 class GridSearch(Contract):
@@ -210,6 +233,12 @@ class FromSweep(Contract):
     name: str = Field(min_length=1, max_length=253)
     top: Annotated[int, Field(ge=1, le=100)] = 3
     override: TrainingOverride | None = Field(default=None, description="applied on top of each source trial")
+
+    @model_validator(mode="after")
+    def _rank_alpha(self) -> FromSweep:
+        if self.override is not None:
+            _override_alpha_with_rank(self.override, "search.fromSweep.override")
+        return self
 
 
 SEARCH_KINDS = ("groups", "grid", "random", "list", "fromSweep")
