@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_proxy import Fault, FaultProxy, slow_down
 
+from fault_proxy import Fault, FaultProxy, slow_down
 from fixtures_cluster import wait_for
 from lorasweep_trainer import storage
 

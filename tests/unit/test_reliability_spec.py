@@ -4,9 +4,9 @@ rejects, `lorasweep validate` and the operator reject with the same words."""
 from __future__ import annotations
 
 import pytest
-from spec_cases import BAD, GOOD, Case
 
 from lorasweep_operator.spec import SpecError, parse_spec
+from spec_cases import BAD, GOOD, Case
 
 pytestmark = pytest.mark.reliability
 
