@@ -40,6 +40,8 @@ from lorasweep_operator.spec import (
     TrialStatus,
     parse_spec,
 )
+from lorasweep_trainer.config import trial_output
+from lorasweep_trainer.results import TerminationSummary
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,8 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
+        if SETTINGS.write_reports:
+            jobs = statuses.with_summaries(jobs, recover_results(spec, current, jobs))
 
     launched = []
     for trial in statuses.launches(spec, plan, jobs, current.previous):
@@ -303,6 +307,28 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         written,
     )
     return new
+
+
+def recover_results(
+    spec: LoraSweepSpec, current: Pass, jobs: list[statuses.ObservedJob]
+) -> dict[str, TerminationSummary]:
+    """For an operator that can read spec.storage.output (`--write-reports`): the results of succeeded trials
+    whose termination message held none, read from their metrics.json. A file that is absent or broken leaves
+    the trial ResultUnreadable."""
+    from lorasweep_trainer import storage
+    from lorasweep_trainer.results import METRICS_FILE, TrialMetrics, summarize
+
+    recovered = {}
+    for job in statuses.unreadable_results(jobs, current.previous):
+        uri = trial_output(spec.storage.output, current.namespace, current.name, job.trial) + METRICS_FILE
+        try:
+            metrics = TrialMetrics.model_validate_json(storage.read_bytes(uri))
+        except Exception as error:  # absent, unreadable or invalid: the trial keeps its ResultUnreadable reason
+            log.warning("result not recovered namespace=%s trial=%s uri=%s error=%s", current.namespace, job.trial, uri, error)
+            continue
+        log.info("result recovered namespace=%s sweep=%s trial=%s uri=%s", current.namespace, current.name, job.trial, uri)
+        recovered[job.trial] = summarize(metrics, uri)
+    return recovered
 
 
 def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[TrialStatus]:

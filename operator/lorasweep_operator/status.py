@@ -39,6 +39,9 @@ from lorasweep_operator.spec import (
 )
 from lorasweep_trainer.results import TerminationSummary
 
+# A succeeded trial whose result could not be read from its termination message.
+RESULT_UNREADABLE = "ResultUnreadable"
+
 FULL_TABLE_LIMIT = 100
 TOP_K = 20
 MESSAGE_LIMIT = 512
@@ -155,6 +158,17 @@ def with_summaries(jobs: Sequence[ObservedJob], summaries: Mapping[str, Terminat
     return [replace(job, summary=summaries.get(job.trial, job.summary)) for job in jobs]
 
 
+def unreadable_results(jobs: Sequence[ObservedJob], previous: LoraSweepStatus) -> list[ObservedJob]:
+    """Succeeded Jobs, not yet recorded, whose termination message holds no result (`RESULT_UNREADABLE`)."""
+    return [
+        job
+        for job in jobs
+        if job.phase == "Succeeded"
+        and job.trial not in previous.outcomes
+        and (job.summary is None or job.summary.status != "Succeeded")
+    ]
+
+
 # --- launching ----------------------------------------------------------------------------------------------
 
 
@@ -220,16 +234,15 @@ def _row(
         return row
     summary = job.summary
     if job.phase == "Succeeded":
-        metrics = dict(summary.metrics) if summary and summary.status == "Succeeded" else {}
-        objective = metrics.get(spec.objective.metric)
-        message = None if summary else "the trial left no termination message; its metrics are not known"
+        if summary is None or summary.status != "Succeeded":
+            return row.model_copy(update={"reason": RESULT_UNREADABLE, "message": _unreadable(summary)})
+        metrics = dict(summary.metrics)
         return row.model_copy(
             update={
-                "objective": objective,
+                "objective": metrics.get(spec.objective.metric),
                 "metrics": metrics,
-                "best_epoch": summary.best_epoch if summary else None,
-                "metrics_uri": summary.metrics_uri if summary else None,
-                "message": message,
+                "best_epoch": summary.best_epoch,
+                "metrics_uri": summary.metrics_uri,
             }
         )
     reason = job.reason
@@ -238,6 +251,18 @@ def _row(
         reason = summary.reason or reason
         message = _clip(summary.message) or message
     return row.model_copy(update={"reason": reason, "message": message})
+
+
+def _unreadable(summary: TerminationSummary | None) -> str:
+    what = (
+        "left no termination message"
+        if summary is None
+        else "left a termination message that is no result (truncated past the kubelet's 4 KiB, or malformed)"
+    )
+    return (
+        f"the trial succeeded but {what}, so its objective is not known here; the sweep report reads its "
+        "metrics.json, and an operator started with --write-reports recovers it from there"
+    )
 
 
 def _sort_key(row: TrialStatus, index: int, sign: float) -> tuple[int, float, int]:

@@ -156,7 +156,7 @@ def test_random_is_seeded_and_respects_each_distribution() -> None:
             "seed": 7,
             "space": {
                 "learningRate": {"logUniform": {"min": 1e-5, "max": 1e-2}},
-                "lora": {"dropout": {"uniform": {"min": 0.0, "max": 0.3}}, "rank": {"choice": [4, 8, 16]}},
+                "lora": {"dropout": {"uniform": {"min": 0.0, "max": 0.3}}, "rank": {"choice": [4, 8, 16]}, "alpha": {"choice": [32.0]}},
             },
         }
     }
