@@ -59,3 +59,27 @@ def test_a_model_that_cannot_be_loaded_exits_2_with_reason_model_unavailable(tmp
         assert summary.message is not None and f"model.name {model!r} cannot be loaded" in summary.message
         assert "save_pretrained checkpoint" in summary.message and "HF_HUB_OFFLINE=1" in summary.message
     assert "Traceback" not in result.stderr
+
+
+def test_batches_hand_every_corrupt_clip_to_the_callback_and_keep_the_rest() -> None:
+    import torch
+
+    from lorasweep_trainer.data import Sample
+    from lorasweep_trainer.video import LoadedClip, batches
+
+    frames = torch.zeros(2, 3, 4, 4)
+    clips = [
+        LoadedClip(Sample("s3://b/a.avi", 0), frames),
+        LoadedClip(Sample("s3://b/broken-1.avi", 1), None, error="moov atom not found"),
+        LoadedClip(Sample("s3://b/b.avi", 1), frames),
+        LoadedClip(Sample("s3://b/c.avi", 0), frames),
+        LoadedClip(Sample("s3://b/broken-2.avi", 0), None, error="invalid data"),
+    ]
+    corrupt: list[LoadedClip] = []
+    grouped = list(batches(iter(clips), 2, corrupt.append))
+    assert [clip.sample.uri for clip in corrupt] == ["s3://b/broken-1.avi", "s3://b/broken-2.avi"]
+    assert [[sample.uri for sample in samples] for samples, _, _ in grouped] == [
+        ["s3://b/a.avi", "s3://b/b.avi"],
+        ["s3://b/c.avi"],
+    ]
+    assert [labels.tolist() for _, _, labels in grouped] == [[0, 1], [0]]
