@@ -36,11 +36,12 @@ from lorasweep_operator.spec import (
     VERSION,
     LoraSweepSpec,
     LoraSweepStatus,
+    Objective,
+    SourceTrial,
     SpecError,
-    TrialStatus,
     parse_spec,
 )
-from lorasweep_trainer.config import trial_output
+from lorasweep_trainer.config import Goal, trial_output
 from lorasweep_trainer.results import TerminationSummary
 
 log = logging.getLogger(__name__)
@@ -250,13 +251,19 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     )
     try:
         spec = parse_spec(body.get("spec") or {})
-        plan = planning.plan(spec, name, _source_trials(kube, current, spec))
+        source = _source_trials(kube, current, spec)
+        plan = planning.plan(spec, name, source)
     except SpecError as error:
         _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now()))
         if current.previous.observed_generation != current.generation:
             kube.emit_event(body, "Warning", "InvalidSpec", str(error))
         log.warning("invalid sweep namespace=%s sweep=%s problem=%s", namespace, name, error)
         raise Invalid(str(error)) from None
+
+    if spec.search.from_sweep is not None and current.previous.source_trials is None:
+        # Frozen before any Job exists: later passes plan from it, whatever becomes of the source.
+        current.previous = current.previous.model_copy(update={"source_trials": source[: spec.search.from_sweep.top]})
+        kube.patch_status(namespace, name, current.previous.to_patch())
 
     jobs: list[statuses.ObservedJob] = []
     reports: list[statuses.ObservedJob] = []
@@ -331,14 +338,17 @@ def recover_results(
     return recovered
 
 
-def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[TrialStatus]:
-    """The fromSweep source's trial table, best first; `Waiting` until that sweep has finished."""
+def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[SourceTrial]:
+    """The fromSweep source's results, best first: frozen in status.sourceTrials once taken, so a source edited
+    or deleted afterwards changes nothing; until then read from the source, `Waiting` until it has finished."""
     source = spec.search.from_sweep
     if source is None:
         return []
+    if current.previous.source_trials is not None:
+        return current.previous.source_trials
     body = kube.get_sweep(current.namespace, source.name)
     status = _previous_status(body) if body is not None else None
-    if status is None or status.phase not in TERMINAL_SWEEP_PHASES:
+    if body is None or status is None or status.phase not in TERMINAL_SWEEP_PHASES:
         problem = (
             f"search.fromSweep: sweep {source.name!r} not found in namespace {current.namespace}"
             if status is None
@@ -350,7 +360,25 @@ def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[Trial
             kube, current, statuses.waiting(current.previous, "WaitingForSource", problem, current.generation, now())
         )
         raise Waiting(problem)
-    return status.trials
+    goal, plan = _source_plan(current.namespace, source.name, body, status)
+    return statuses.source_results(goal, status, plan)
+
+
+def _source_plan(
+    namespace: str, name: str, body: Mapping[str, Any], status: LoraSweepStatus
+) -> tuple[Goal, list[planning.PlannedTrial]]:
+    """The source's goal and plan (its parameters for every trial, beyond its cut trial table). A source whose
+    spec no longer plans (a newer operator's fields, say) still offers the trials its table holds."""
+    try:
+        spec = parse_spec(body.get("spec") or {})
+        return spec.objective.resolved_goal, planning.plan(spec, name, status.source_trials or ())
+    except SpecError as error:
+        log.warning("source not planned namespace=%s sweep=%s problem=%s", namespace, name, error)
+    try:
+        objective = Objective.model_validate((body.get("spec") or {}).get("objective") or {})
+    except ValidationError:
+        objective = Objective()
+    return objective.resolved_goal, []
 
 
 def _write(kube: Kube, current: Pass, new: LoraSweepStatus) -> int:

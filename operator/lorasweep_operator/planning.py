@@ -29,6 +29,7 @@ from lorasweep_operator.spec import (
     DEFAULT_MAX_TRIALS,
     Distribution,
     LoraSweepSpec,
+    SourceTrial,
     SpecError,
     TrainingConfig,
     TrainingOverride,
@@ -239,7 +240,7 @@ def _explicit(spec: LoraSweepSpec) -> Iterator[Configuration]:
         yield "list", apply_override(spec.training, value, f"search.list[{index}]")
 
 
-def _from_sweep(spec: LoraSweepSpec, source: Sequence[TrialStatus]) -> Iterator[Configuration]:
+def _from_sweep(spec: LoraSweepSpec, source: Sequence[TrialStatus | SourceTrial]) -> Iterator[Configuration]:
     search = spec.search.from_sweep
     assert search is not None
     finished = [trial for trial in source if trial.phase == "Succeeded" and trial.objective is not None]
@@ -268,8 +269,9 @@ def upper_bound(spec: LoraSweepSpec) -> int:
     return (configs + int(search.baseline_included())) * len(search.seeds)
 
 
-def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus] = ()) -> list[PlannedTrial]:
-    """The sweep's trials in launch order. `source` is the fromSweep sweep's trial table, best first."""
+def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus | SourceTrial] = ()) -> list[PlannedTrial]:
+    """The sweep's trials in launch order. `source`: the fromSweep sweep's results, best first
+    (`status.source_results`, frozen in status.sourceTrials once the sweep starts)."""
     bound = upper_bound(spec)
     if bound > MATERIALISE_LIMIT:
         raise PlanError(

@@ -38,6 +38,8 @@ SHORT_NAME = "lsw"
 DEFAULT_COMMAND = ("lorasweep-trainer", "train")
 DEFAULT_MAX_TRIALS = 10_000
 DEFAULT_SEEDS = (42,)
+# search.fromSweep takes at most this many; status.outcomes keeps the objectives of this many best trials.
+FROM_SWEEP_TOP_MAX = 100
 GPU_RESOURCE = "nvidia.com/gpu"
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "RandomSearch",
     "SearchGroup",
     "SearchSpec",
+    "SourceTrial",
     "SpecError",
     "SplitConfig",
     "Storage",
@@ -231,7 +234,7 @@ class FromSweep(Contract):
     """Re-run the best `top` configurations of a finished sweep in the same namespace (the reference's Phase 2)."""
 
     name: str = Field(min_length=1, max_length=253)
-    top: Annotated[int, Field(ge=1, le=100)] = 3
+    top: Annotated[int, Field(ge=1, le=FROM_SWEEP_TOP_MAX)] = 3
     override: TrainingOverride | None = Field(default=None, description="applied on top of each source trial")
 
     @model_validator(mode="after")
@@ -408,6 +411,17 @@ class TrialOutcome(StatusModel):
     objective: float | None = None
 
 
+class SourceTrial(StatusModel):
+    """A configuration a fromSweep sweep took from its source, best first; frozen in its status when it starts,
+    so editing or deleting the source later changes nothing."""
+
+    id: str
+    phase: Literal["Succeeded"] = "Succeeded"
+    group: str | None = None
+    params: TrainingConfig
+    objective: float
+
+
 class TrialCounts(StatusModel):
     total: int = 0
     pending: int = 0
@@ -432,6 +446,9 @@ class BestTrial(StatusModel):
     summary: str = Field(description="'<objective> <variant>', the Best printer column")
 
 
+FINISHED_KEYS: dict[str, Literal["Succeeded", "Failed"]] = {"succeeded": "Succeeded", "failed": "Failed"}
+
+
 class LoraSweepStatus(StatusModel):
     phase: SweepPhase = "Pending"
     message: str | None = None
@@ -445,9 +462,33 @@ class LoraSweepStatus(StatusModel):
     start_time: str | None = None
     completion_time: str | None = None
     report_uri: str | None = None
+    source_trials: list[SourceTrial] | None = None
+
+    # On the wire, `outcomes` holds only the finished trials that still carry an objective (the best
+    # FROM_SWEEP_TOP_MAX, see status.bounded_outcomes); every other finished trial is one id in the space-separated
+    # strings of `finished` (11 bytes a trial, against ~70 for a map entry): 10,000 trials stay ~110 KB.
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_finished(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not data.get("finished"):
+            return data
+        outcomes = dict(data.get("outcomes") or {})
+        for key, phase in FINISHED_KEYS.items():
+            for trial in str(data["finished"].get(key) or "").split():
+                outcomes.setdefault(trial, {"phase": phase})
+        return {**{k: v for k, v in data.items() if k != "finished"}, "outcomes": outcomes}
 
     def to_patch(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        patch = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        outcomes: dict[str, dict[str, Any]] = patch.pop("outcomes")
+        patch["outcomes"] = {trial: o for trial, o in outcomes.items() if "objective" in o}
+        finished = {
+            key: " ".join(sorted(t for t, o in outcomes.items() if "objective" not in o and o["phase"] == phase))
+            for key, phase in FINISHED_KEYS.items()
+        }
+        if any(finished.values()):
+            patch["finished"] = {key: ids for key, ids in finished.items() if ids}
+        return patch
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

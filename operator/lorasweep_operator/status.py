@@ -25,18 +25,22 @@ from lorasweep_operator.planning import PlannedTrial
 from lorasweep_operator.rendering import CONTAINER, REPORT_CONTAINER, TRIAL_LABEL, is_report
 from lorasweep_operator.report.model import ReportSummary
 from lorasweep_operator.spec import (
+    FROM_SWEEP_TOP_MAX,
     TERMINAL_SWEEP_PHASES,
     TERMINAL_TRIAL_PHASES,
     BestTrial,
     Condition,
     LoraSweepSpec,
     LoraSweepStatus,
+    SourceTrial,
     SweepPhase,
+    TrainingConfig,
     TrialCounts,
     TrialOutcome,
     TrialPhase,
     TrialStatus,
 )
+from lorasweep_trainer.config import Goal
 from lorasweep_trainer.results import TerminationSummary
 
 # A succeeded trial whose result could not be read from its termination message.
@@ -338,6 +342,7 @@ def aggregate(
     # Outcomes of trials no longer planned (spec.training edited) are kept: they happened.
     for trial_id, outcome in previous.outcomes.items():
         outcomes.setdefault(trial_id, outcome)
+    outcomes = bounded_outcomes(outcomes, {trial.id: trial.index for trial in plan}, sign)
 
     counts = TrialCounts(total=len(plan))
     for _, row in rows:
@@ -396,8 +401,47 @@ def aggregate(
         start_time=started,
         completion_time=completion,
         report_uri=previous.report_uri,
+        source_trials=previous.source_trials,
     )
     return Reconciled(status=status, events=events)
+
+
+def bounded_outcomes(
+    outcomes: Mapping[str, TrialOutcome], order: Mapping[str, int], sign: float
+) -> dict[str, TrialOutcome]:
+    """Every finished trial stays (it is never relaunched, and counts), but only the best `FROM_SWEEP_TOP_MAX`
+    keep their objective: the trial table and status.best hold fewer, search.fromSweep takes at most that many,
+    and a trial outside them can never re-enter (recorded objectives do not change). Ties: plan order."""
+    scored = sorted(
+        (trial for trial, outcome in outcomes.items() if outcome.objective is not None),
+        key=lambda trial: (sign * (outcomes[trial].objective or 0.0), order.get(trial, len(order)), trial),
+    )
+    kept = set(scored[:FROM_SWEEP_TOP_MAX])
+    return {
+        trial: outcome if outcome.objective is None or trial in kept else outcome.model_copy(update={"objective": None})
+        for trial, outcome in outcomes.items()
+    }
+
+
+def source_results(goal: Goal, status: LoraSweepStatus, plan: Sequence[PlannedTrial]) -> list[SourceTrial]:
+    """A finished sweep's succeeded trials with an objective, best first (ties: plan order), from its complete
+    results: the objectives in status.outcomes, the parameters from its plan (`plan`, planned from its spec)
+    or its trial table, so a table cut to the top rows past FULL_TABLE_LIMIT trials takes nothing away."""
+    configurations: dict[str, tuple[str | None, TrainingConfig]] = {t.id: (t.group, t.training) for t in plan}
+    for row in status.trials:
+        configurations.setdefault(row.id, (row.group, row.params))
+    order = {trial: index for index, trial in enumerate(configurations)}
+    sign = -1.0 if goal == "maximize" else 1.0
+    found = [
+        (trial, outcome.objective)
+        for trial, outcome in status.outcomes.items()
+        if outcome.phase == "Succeeded" and outcome.objective is not None and trial in configurations
+    ]
+    found.sort(key=lambda item: (sign * item[1], order[item[0]]))
+    return [
+        SourceTrial(id=trial, group=configurations[trial][0], params=configurations[trial][1], objective=objective)
+        for trial, objective in found[:FROM_SWEEP_TOP_MAX]
+    ]
 
 
 def _phase(spec: LoraSweepSpec, counts: TrialCounts) -> tuple[SweepPhase, str, str]:

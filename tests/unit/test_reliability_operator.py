@@ -262,3 +262,62 @@ def test_with_write_reports_an_unreadable_result_is_recovered_from_metrics_json(
     assert status.best is not None and status.best.trial == first.id
     assert rows[second.id].reason == statuses.RESULT_UNREADABLE
     assert json.loads(json.dumps(status.to_patch()))["outcomes"][first.id]["objective"] == 0.8
+
+
+# --- bounded status, complete and frozen fromSweep ---------------------------------------------------------------
+
+
+def finished_status(count: int, name: str = "big", **changes: Any) -> tuple[LoraSweepStatus, list[planning.PlannedTrial]]:
+    """The status of a `count`-trial grid sweep whose trials all succeeded, val_accuracy rising with the index."""
+    rates = [round(1e-5 * (i + 1), 8) for i in range(100)]
+    decays = [round(0.001 * (j + 1), 6) for j in range(-(-count // 100))]
+    spec = parse_spec(_spec(search={"grid": {"learningRate": rates, "weightDecay": decays}}, **changes))
+    plan = planning.plan(spec, name)[:count]
+    jobs = [
+        statuses.ObservedJob(t.job_name, t.id, "Succeeded", summary=TerminationSummary.decode(_succeeded(t.id, t.index / count)))
+        for t in plan
+    ]
+    result = statuses.aggregate(spec, plan, jobs, LoraSweepStatus(), 1, "2025-01-01T00:00:00Z")
+    return result.status, plan
+
+
+def test_a_10000_trial_status_stays_small_and_loses_no_trial() -> None:
+    status, plan = finished_status(10_000)
+    patch = status.to_patch()
+    size = len(json.dumps(patch, separators=(",", ":")))
+    assert size < 200_000, size  # the API server takes 1.5 MiB; the old map alone was ~730 KB here
+    assert len(patch["outcomes"]) == 100  # the best keep their objective
+    reread = LoraSweepStatus.model_validate(json.loads(json.dumps(patch)))
+    assert set(reread.outcomes) == {t.id for t in plan}
+    assert reread.best == status.best and reread.best is not None and reread.best.trial == plan[-1].id
+    # Every Job deleted (ttlSecondsAfterFinished): nothing relaunched, the same status again.
+    spec = parse_spec(_spec(search={"grid": {"learningRate": [round(1e-5 * (i + 1), 8) for i in range(100)],
+                                             "weightDecay": [round(0.001 * (j + 1), 6) for j in range(100)]}}))  # fmt: skip
+    assert statuses.launches(spec, plan, [], reread) == []
+    again = statuses.aggregate(spec, plan, [], reread, 1, "2025-01-01T00:00:00Z").status
+    assert again.to_patch() == patch
+
+
+def test_a_status_written_by_an_older_operator_is_read_whole() -> None:
+    old = {"phase": "Running", "outcomes": {"a": {"phase": "Succeeded", "objective": 0.5}, "b": {"phase": "Failed"}}}
+    status = LoraSweepStatus.model_validate(old)
+    assert status.outcomes["a"].objective == 0.5 and status.outcomes["b"].phase == "Failed"
+    assert status.to_patch()["finished"] == {"failed": "b"}
+
+
+def test_from_sweep_takes_its_top_from_complete_results_and_freezes_them(api: FakeApi) -> None:
+    source, plan = finished_status(150, name="src")
+    assert len(source.trials) < 50  # the source's table is cut past 100 trials
+    api.add_sweep("src", _spec(search={"grid": {"learningRate": [round(1e-5 * (i + 1), 8) for i in range(100)],
+                                                "weightDecay": [0.001, 0.002]}}), uid="uid-src")  # fmt: skip
+    api.sweeps["src"]["status"] = source.to_patch()
+    api.add_sweep("s", _spec(search={"fromSweep": {"name": "src", "top": 50}}))
+    handlers.run_pass(api, "ns", "s")
+    status = _status(api)
+    best_first = sorted(plan, key=lambda t: -t.index)[:50]
+    assert status.source_trials is not None and [t.id for t in status.source_trials] == [t.id for t in best_first]
+    assert status.counts.total == 50 and len(api.creates) == 2
+    del api.sweeps["src"]  # deleted (or edited) while the follow-up runs: it plans from what it froze
+    handlers.run_pass(api, "ns", "s")
+    after = _status(api)
+    assert (after.counts.total, after.phase, after.source_trials) == (50, status.phase, status.source_trials)
