@@ -74,6 +74,8 @@ GOOD = [
     Case("from-sweep-override-rank-with-alpha", _search(fromSweep={"name": "phase1", "top": 3, "override": {"lora": {"rank": 8, "alpha": 16}}})),
     Case("from-sweep-override-epochs", _search(fromSweep={"name": "phase1", "override": {"epochs": 10}})),
     Case("seeds", _search(list=[{"learningRate": 1e-3}], seeds=[1, 2, 3])),
+    Case("grid-at-the-cap", _search(grid={"learningRate": [round(1e-5 * (i + 1), 8) for i in range(100)],
+                                          "weightDecay": [round(0.001 * j, 6) for j in range(100)]})),
     Case("objective-val-loss", lambda spec: spec.update(objective={"metric": "val_loss", "goal": "minimize"})),
 ]  # fmt: skip
 
@@ -169,6 +171,17 @@ BAD = [
         "too-many-trials-cap",
         lambda spec: spec.update(maxTrials=10_001),
         text="less than or equal to 10000",
+    ),
+    Case(
+        "grid-over-the-cap",
+        _search(grid={"learningRate": [round(1e-5 * (i + 1), 8) for i in range(100)],
+                      "weightDecay": [round(0.001 * j, 6) for j in range(101)]}),
+        text="search.grid expands to more trials than maxTrials",
+    ),
+    Case(
+        "grid-over-a-lowered-cap",
+        lambda spec: spec.update(maxTrials=3, search={"grid": {"learningRate": [1e-4, 2e-4]}, "seeds": [1, 2]}),
+        text="search.grid expands to more trials than maxTrials",
     ),
     Case("source-not-s3", lambda spec: spec["dataset"].update(source="/data/clips"),
          text="dataset.source must be an s3:// URI", cluster_only=True),

@@ -331,9 +331,13 @@ def recover_results(
         try:
             metrics = TrialMetrics.model_validate_json(storage.read_bytes(uri))
         except Exception as error:  # absent, unreadable or invalid: the trial keeps its ResultUnreadable reason
-            log.warning("result not recovered namespace=%s trial=%s uri=%s error=%s", current.namespace, job.trial, uri, error)
+            log.warning(
+                "result not recovered namespace=%s trial=%s uri=%s error=%s", current.namespace, job.trial, uri, error
+            )
             continue
-        log.info("result recovered namespace=%s sweep=%s trial=%s uri=%s", current.namespace, current.name, job.trial, uri)
+        log.info(
+            "result recovered namespace=%s sweep=%s trial=%s uri=%s", current.namespace, current.name, job.trial, uri
+        )
         recovered[job.trial] = summarize(metrics, uri)
     return recovered
 

@@ -8,6 +8,7 @@ with ``deploy/crd/lorasweeps.lorasweep.dev.yaml`` (a unit test holds the two tog
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -358,6 +359,25 @@ class LoraSweepSpec(Contract):
         if not value[0]:
             raise ValueError("command[0] must name the program to run, e.g. lorasweep-trainer")
         return value
+
+    @model_validator(mode="after")
+    def _grid_within_cap(self) -> LoraSweepSpec:
+        # The CRD's CEL rule on spec says the same, so an oversized grid is refused when applied.
+        grid = self.search.grid
+        if grid is None:
+            return self
+        listed = [v for v in grid.model_dump(exclude_none=True, exclude={"lora"}).values()]
+        listed += list((grid.lora.model_dump(exclude_none=True) if grid.lora else {}).values())
+        trials = (math.prod(len(values) for values in listed) + int(self.search.baseline_included())) * len(
+            self.search.seeds
+        )
+        if trials > self.max_trials:
+            raise ValueError(
+                f"search.grid expands to more trials than maxTrials ({trials:,} > {self.max_trials:,}: the product "
+                f"of its value counts, times the seeds); narrow the grid or raise spec.maxTrials (at most "
+                f"{DEFAULT_MAX_TRIALS:,})"
+            )
+        return self
 
 
 # --- status -------------------------------------------------------------------------------------------------

@@ -129,9 +129,15 @@ class FakeApi(Kube):
         terminated = {"exitCode": 0, "finishedAt": "2025-01-01T00:01:00Z"}
         if message is not None:
             terminated["message"] = message
-        states = {"lastState": {"terminated": terminated}, "state": {"running": {}}} if last_state else {"state": {"terminated": terminated}}
+        states = (
+            {"lastState": {"terminated": terminated}, "state": {"running": {}}}
+            if last_state
+            else {"state": {"terminated": terminated}}
+        )
         labels = body["metadata"]["labels"]
-        self.pods.append({"metadata": {"labels": labels}, "status": {"containerStatuses": [{"name": "trainer", **states}]}})
+        self.pods.append(
+            {"metadata": {"labels": labels}, "status": {"containerStatuses": [{"name": "trainer", **states}]}}
+        )
 
 
 @pytest.fixture
@@ -231,13 +237,27 @@ def _metrics(trial: str, accuracy: float) -> TrialMetrics:
               "batch_size": 1, "gradient_accumulation_steps": 4, "weight_decay": 0.01, "frames_per_clip": 8, "seed": 42}  # fmt: skip
     return TrialMetrics.model_validate(
         {
-            "sweep": "s", "trial": trial, "params": params, "classes": ["a", "b"],
+            "sweep": "s",
+            "trial": trial,
+            "params": params,
+            "classes": ["a", "b"],
             "dataset": {"videos_per_class": 2, "train": 2, "val": 1, "test": 1},
             "epochs": [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "val_accuracy": accuracy}],
-            "best_epoch": 1, "train_accuracy": 0.5, "val_accuracy": accuracy, "test_accuracy": 0.5,
-            "per_class": {}, "confusion_matrix": [[1, 0], [0, 1]], "trainable_parameters": 1,
-            "total_parameters": 2, "inference_ms_per_video": 1.0, "train_seconds": 1.0, "git_commit": "0" * 40,
-            "model": "tiny", "device": "cpu", "started_at": "t0", "finished_at": "t1",
+            "best_epoch": 1,
+            "train_accuracy": 0.5,
+            "val_accuracy": accuracy,
+            "test_accuracy": 0.5,
+            "per_class": {},
+            "confusion_matrix": [[1, 0], [0, 1]],
+            "trainable_parameters": 1,
+            "total_parameters": 2,
+            "inference_ms_per_video": 1.0,
+            "train_seconds": 1.0,
+            "git_commit": "0" * 40,
+            "model": "tiny",
+            "device": "cpu",
+            "started_at": "t0",
+            "finished_at": "t1",
         }  # fmt: skip
     )
 
@@ -267,14 +287,18 @@ def test_with_write_reports_an_unreadable_result_is_recovered_from_metrics_json(
 # --- bounded status, complete and frozen fromSweep ---------------------------------------------------------------
 
 
-def finished_status(count: int, name: str = "big", **changes: Any) -> tuple[LoraSweepStatus, list[planning.PlannedTrial]]:
+def finished_status(
+    count: int, name: str = "big", **changes: Any
+) -> tuple[LoraSweepStatus, list[planning.PlannedTrial]]:
     """The status of a `count`-trial grid sweep whose trials all succeeded, val_accuracy rising with the index."""
     rates = [round(1e-5 * (i + 1), 8) for i in range(100)]
     decays = [round(0.001 * (j + 1), 6) for j in range(-(-count // 100))]
     spec = parse_spec(_spec(search={"grid": {"learningRate": rates, "weightDecay": decays}}, **changes))
     plan = planning.plan(spec, name)[:count]
     jobs = [
-        statuses.ObservedJob(t.job_name, t.id, "Succeeded", summary=TerminationSummary.decode(_succeeded(t.id, t.index / count)))
+        statuses.ObservedJob(
+            t.job_name, t.id, "Succeeded", summary=TerminationSummary.decode(_succeeded(t.id, t.index / count))
+        )
         for t in plan
     ]
     result = statuses.aggregate(spec, plan, jobs, LoraSweepStatus(), 1, "2025-01-01T00:00:00Z")

@@ -82,7 +82,9 @@ def _loading(name: str) -> Iterator[None]:
         yield
     except (OSError, HFValidationError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelUnavailable(f"model.name {name!r} cannot be loaded ({first_line}); {HOW_TO_PROVIDE_WEIGHTS}") from error
+        raise ModelUnavailable(
+            f"model.name {name!r} cannot be loaded ({first_line}); {HOW_TO_PROVIDE_WEIGHTS}"
+        ) from error
 
 
 def lora_config(lora: LoraConfig) -> PeftLoraConfig:
