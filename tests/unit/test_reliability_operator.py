@@ -20,6 +20,9 @@ from lorasweep_operator.kube import ApiError, Kube
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepStatus, TrainingConfig, parse_spec
 from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, trial_output
 from lorasweep_trainer.results import TerminationSummary, TrialMetrics
+from reliability_cases import finished_status
+from reliability_cases import spec as _spec
+from reliability_cases import succeeded as _succeeded
 
 pytestmark = pytest.mark.reliability
 
@@ -58,17 +61,6 @@ def test_two_sweeps_never_share_a_job_name(first: str, second: str) -> None:
 
 
 # --- run_pass over an in-memory API -------------------------------------------------------------------------
-
-
-def _spec(**changes: Any) -> dict[str, Any]:
-    return {
-        "image": "trainer:1",
-        "dataset": {"source": "s3://b/clips/"},
-        "search": {"list": [{"learningRate": (i + 1) * 1e-4} for i in range(3)]},
-        "storage": {"output": "s3://b/out/"},
-        "parallelism": 2,
-        **changes,
-    }
 
 
 class FakeApi(Kube):
@@ -154,10 +146,6 @@ def _status(api: FakeApi) -> LoraSweepStatus:
 
 def _trials() -> list[planning.PlannedTrial]:
     return planning.plan(parse_spec(_spec()), "s")
-
-
-def _succeeded(trial: str, accuracy: float) -> str:
-    return TerminationSummary(trial=trial, status="Succeeded", metrics={"val_accuracy": accuracy}).encode()
 
 
 def test_run_pass_launches_up_to_parallelism_once(api: FakeApi) -> None:
@@ -285,24 +273,6 @@ def test_with_write_reports_an_unreadable_result_is_recovered_from_metrics_json(
 
 
 # --- bounded status, complete and frozen fromSweep ---------------------------------------------------------------
-
-
-def finished_status(
-    count: int, name: str = "big", **changes: Any
-) -> tuple[LoraSweepStatus, list[planning.PlannedTrial]]:
-    """The status of a `count`-trial grid sweep whose trials all succeeded, val_accuracy rising with the index."""
-    rates = [round(1e-5 * (i + 1), 8) for i in range(100)]
-    decays = [round(0.001 * (j + 1), 6) for j in range(-(-count // 100))]
-    spec = parse_spec(_spec(search={"grid": {"learningRate": rates, "weightDecay": decays}}, **changes))
-    plan = planning.plan(spec, name)[:count]
-    jobs = [
-        statuses.ObservedJob(
-            t.job_name, t.id, "Succeeded", summary=TerminationSummary.decode(_succeeded(t.id, t.index / count))
-        )
-        for t in plan
-    ]
-    result = statuses.aggregate(spec, plan, jobs, LoraSweepStatus(), 1, "2025-01-01T00:00:00Z")
-    return result.status, plan
 
 
 def test_a_10000_trial_status_stays_small_and_loses_no_trial() -> None:
