@@ -292,6 +292,10 @@ class SearchSpec(Contract):
 
 
 class Objective(Contract):
+    """What ranks the trials. Immutable once the sweep's trials have started (the CRD's CEL rule on the root, with
+    status.startTime): every recorded score is of this metric and goal, so a changed objective would rank old
+    scores as new ones. To rank by another objective, create a new sweep (search.fromSweep reuses the results)."""
+
     metric: ObjectiveMetric = "val_accuracy"
     goal: Goal | None = Field(default=None, description="default: minimize for val_loss, maximize otherwise")
 

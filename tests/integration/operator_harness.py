@@ -53,6 +53,7 @@ open(path, "w").write(json.dumps({"trial": trial["trial"], "status": "Succeeded"
 
 def install_crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+
     # Polled, not `kubectl wait`: that fails outright when it reads the CRD before its status has conditions.
     def established() -> bool:
         crd = json.loads(cluster.kubectl("get", "crd/lorasweeps.lorasweep.dev", "-o", "json").stdout)
