@@ -2,8 +2,9 @@
 
 Every trigger (a sweep created, resumed or edited; a trial Job changing phase; a timer) runs the same
 level-triggered pass for that sweep: read the sweep and its Jobs, plan (pure), launch what is missing
-(idempotent: deterministic Job names, 409 means done), aggregate the status (pure), write it when it
-changed. Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
+(idempotent: deterministic Job names, 409 means done; a name held by a Job this sweep does not own is
+reported on the trial as JobNotOwned), aggregate the status (pure), write it when it changed. A trial Job
+deleted before it finished is created again; one deleted after is not (its outcome is recorded). Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
 
 Once the sweep has finished, the same pass sees to its report: written by the operator itself when it was
 started with `--write-reports` (its pod can reach spec.storage.output), else by one report Job that runs
@@ -47,6 +48,7 @@ from lorasweep_trainer.results import TerminationSummary
 log = logging.getLogger(__name__)
 
 TIMER_INTERVAL = 60.0
+JOB_NOT_OWNED = "JobNotOwned"
 SOURCE_RETRY_DELAY = 30.0
 ANNOTATION_PREFIX = "lorasweep.dev"
 
@@ -277,13 +279,23 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
         if SETTINGS.write_reports:
             jobs = statuses.with_summaries(jobs, recover_results(spec, current, jobs))
+    if any(not job.terminal for job in jobs):
+        jobs = statuses.with_pending_reasons(jobs, statuses.unschedulable(pods.get()))
 
     launched = []
     for trial in statuses.launches(spec, plan, jobs, current.previous):
         if kube.create_job(rendering.render_job(spec, namespace, name, current.uid, trial)):
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
-        jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending"))
+            jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending"))
+        else:
+            # 409, yet not among this sweep's Jobs: another object holds the name (its ownerReference removed,
+            # or left by someone else). Say so rather than wait for it forever.
+            problem = (
+                f"Job {trial.job_name} exists but is not owned by this sweep; delete it (or restore its "
+                "ownerReference) and the trial is launched"
+            )
+            jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", reason=JOB_NOT_OWNED, message=problem))
     if launched:
         log.info("trial jobs created namespace=%s sweep=%s count=%d", namespace, name, len(launched))
         current.events.append(

@@ -165,6 +165,28 @@ def with_summaries(jobs: Sequence[ObservedJob], summaries: Mapping[str, Terminat
     return [replace(job, summary=summaries.get(job.trial, job.summary)) for job in jobs]
 
 
+def unschedulable(pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
+    """trial -> (reason, message) of its pod the scheduler cannot place (no node has the GPUs it asks for, say)."""
+    found = {}
+    for pod in pods:
+        trial = ((pod.get("metadata") or {}).get("labels") or {}).get(TRIAL_LABEL)
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and trial:
+                found[trial] = (str(condition.get("reason") or "Unschedulable"), _clip(condition.get("message")) or "")
+    return found
+
+
+def with_pending_reasons(jobs: Sequence[ObservedJob], reasons: Mapping[str, tuple[str, str]]) -> list[ObservedJob]:
+    """Unfinished Jobs whose pod waits for a node: Pending (not Running, though the Job counts it active), and why."""
+    return [
+        replace(job, phase="Pending", reason=reasons[job.trial][0], message=reasons[job.trial][1])
+        if not job.terminal and job.trial in reasons
+        else job
+        for job in jobs
+    ]
+
+
 def unreadable_results(jobs: Sequence[ObservedJob], previous: LoraSweepStatus) -> list[ObservedJob]:
     """Succeeded Jobs, not yet recorded, whose termination message holds no result (`RESULT_UNREADABLE`)."""
     return [
@@ -238,7 +260,7 @@ def _row(
         return TrialStatus(**base, phase="Pending")
     row = TrialStatus(**base, phase=job.phase, start_time=job.start_time, completion_time=job.completion_time)
     if not job.terminal:
-        return row
+        return row.model_copy(update={"reason": job.reason, "message": job.message}) if job.reason else row
     summary = job.summary
     if job.phase == "Succeeded":
         if summary is None or summary.status != "Succeeded":

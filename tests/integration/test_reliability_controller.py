@@ -186,3 +186,48 @@ def test_sweeps_created_edited_and_deleted_while_the_operator_is_down_are_reconc
         assert wait_phase(cluster, namespace, name, ("Succeeded",), timeout=180)["status"]["counts"]["succeeded"] >= 1
     assert get_sweep(cluster, namespace, "edited")["status"]["observedGeneration"] == 2
     assert not list_jobs(cluster, namespace, "lorasweep.dev/sweep=gone")
+
+
+def test_an_unsatisfiable_gpu_request_leaves_the_trial_pending_with_a_reason_and_no_spinning(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    manifest = sweep_manifest("greedy", namespace, command=_command(), search=learning_rates(1e-3))
+    manifest["spec"]["resources"] = {"limits": {"cpu": "1", "memory": "512Mi", "nvidia.com/gpu": 64}}
+    assert apply(cluster, manifest).returncode == 0
+
+    def reported() -> dict[str, Any] | None:
+        rows = (get_sweep(cluster, namespace, "greedy").get("status") or {}).get("trials") or []
+        return rows[0] if rows and rows[0].get("reason") == "Unschedulable" else None
+
+    row = wait_for("the scheduler's reason on the trial", reported, timeout=120, interval=0.5)
+    assert row["phase"] == "Pending" and "nvidia.com/gpu" in row["message"], row
+    passes = operator.metric("lorasweep_operator_reconciles_total")
+    time.sleep(5)
+    assert operator.metric("lorasweep_operator_reconciles_total") - passes <= 2  # waits for events, no loop
+    assert len(list_jobs(cluster, namespace)) == 1
+
+
+def test_a_trial_job_deleted_mid_run_is_recreated_and_the_trial_finishes(
+    cluster: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.write_text("0")
+    manifest = sweep_manifest("victim", namespace, command=_command("--gate", str(gate)), search=learning_rates(1e-4))
+    assert apply(cluster, manifest).returncode == 0
+    wait_for(
+        "the trial to run",
+        lambda: any(p["status"].get("phase") == "Running" for p in list_pods(cluster, namespace)),
+        timeout=120,
+    )
+    (job,) = list_jobs(cluster, namespace)
+    cluster.kubectl("delete", "job", job["metadata"]["name"], "-n", namespace, "--cascade=foreground", "--wait=true")
+
+    def recreated() -> bool:
+        return any(j["metadata"]["uid"] != job["metadata"]["uid"] for j in list_jobs(cluster, namespace))
+
+    wait_for("the Job to be recreated", recreated, timeout=60)  # documented: recreated, under the same name
+    gate.write_text("1")
+    status = wait_phase(cluster, namespace, "victim", ("Succeeded",), timeout=120)["status"]
+    assert status["counts"]["succeeded"] == 1 and [j["metadata"]["name"] for j in list_jobs(cluster, namespace)] == [
+        job["metadata"]["name"]
+    ]

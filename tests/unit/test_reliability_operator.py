@@ -315,3 +315,29 @@ def test_from_sweep_takes_its_top_from_complete_results_and_freezes_them(api: Fa
     handlers.run_pass(api, "ns", "s")
     after = _status(api)
     assert (after.counts.total, after.phase, after.source_trials) == (50, status.phase, status.source_trials)
+
+
+def test_a_job_name_held_by_an_object_this_sweep_does_not_own_is_reported(api: FakeApi) -> None:
+    first, _, _ = _trials()
+    orphan = rendering.render_job(parse_spec(_spec()), "ns", "s", "uid-1", first)
+    orphan["metadata"]["ownerReferences"] = []  # removed by hand: the garbage collector let it go
+    api.jobs[first.job_name] = {**orphan, "status": {"active": 1}}
+    handlers.run_pass(api, "ns", "s")
+    row = next(row for row in _status(api).trials if row.id == first.id)
+    assert (row.phase, row.reason) == ("Pending", handlers.JOB_NOT_OWNED)
+    assert row.message is not None and f"Job {first.job_name} exists but is not owned by this sweep" in row.message
+
+
+def test_a_trial_whose_pod_no_node_can_take_is_pending_with_the_schedulers_reason(api: FakeApi) -> None:
+    first, _, _ = _trials()
+    handlers.run_pass(api, "ns", "s")
+    api.jobs[first.job_name]["status"] = {"active": 1, "startTime": "2025-01-01T00:00:00Z"}  # active, not running
+    message = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+    labels = api.jobs[first.job_name]["metadata"]["labels"]
+    api.pods.append({"metadata": {"labels": labels}, "status": {"phase": "Pending", "conditions": [condition]}})
+    handlers.run_pass(api, "ns", "s")
+    status = _status(api)
+    row = next(row for row in status.trials if row.id == first.id)
+    assert (row.phase, row.reason, row.message) == ("Pending", "Unschedulable", message)
+    assert status.counts.running == 0
