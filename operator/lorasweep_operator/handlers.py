@@ -295,7 +295,9 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
                 f"Job {trial.job_name} exists but is not owned by this sweep; delete it (or restore its "
                 "ownerReference) and the trial is launched"
             )
-            jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", reason=JOB_NOT_OWNED, message=problem))
+            jobs.append(
+                statuses.ObservedJob(trial.job_name, trial.id, "Pending", reason=JOB_NOT_OWNED, message=problem)
+            )
     if launched:
         log.info("trial jobs created namespace=%s sweep=%s count=%d", namespace, name, len(launched))
         current.events.append(

@@ -341,3 +341,57 @@ def test_a_trial_whose_pod_no_node_can_take_is_pending_with_the_schedulers_reaso
     row = next(row for row in status.trials if row.id == first.id)
     assert (row.phase, row.reason, row.message) == ("Pending", "Unschedulable", message)
     assert status.counts.running == 0
+
+
+# --- API faults: retried within the call --------------------------------------------------------------------------
+
+
+class FlakyApi(Kube):
+    """`Kube` whose transport answers the queued errors first (code, Retry-After), then succeeds."""
+
+    def __init__(self, *errors: tuple[int, float | None]) -> None:
+        super().__init__(api=None)
+        self.errors = list(errors)
+        self.calls: list[str] = []
+
+    def _send(self, verb: str, resource: str, method: str, path: str, *rest: Any) -> Any:
+        self.calls.append(verb)
+        if self.errors:
+            code, retry_after = self.errors.pop(0)
+            raise ApiError(verb, resource, code, "injected", retry_after)
+        return {"metadata": {"name": "s"}}
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    from lorasweep_operator import kube
+
+    slept: list[float] = []
+    monkeypatch.setattr(kube.time, "sleep", slept.append)
+    return slept
+
+
+def test_429_and_5xx_are_retried_with_backoff_honouring_retry_after(no_backoff: list[float]) -> None:
+    api = FlakyApi((429, 3.0), (503, None), (500, None))
+    assert api.get_sweep("ns", "s") == {"metadata": {"name": "s"}}
+    assert api.calls == ["get"] * 4
+    assert no_backoff[0] >= 3.0 and all(delay > 0 for delay in no_backoff)
+
+
+def test_a_409_on_a_status_write_is_retried_but_not_on_a_create(no_backoff: list[float]) -> None:
+    status = FlakyApi((409, None), (409, None))
+    status.patch_status("ns", "s", {"phase": "Running"})
+    assert status.calls == ["patch"] * 3
+    create = FlakyApi((409, None))
+    assert create.create_job({"metadata": {"namespace": "ns", "name": "j"}}) is False and create.calls == ["create"]
+
+
+def test_a_burst_longer_than_the_attempts_reaches_the_caller(no_backoff: list[float]) -> None:
+    from lorasweep_operator import kube
+
+    api = FlakyApi(*[(503, None)] * kube.ATTEMPTS)
+    with pytest.raises(ApiError) as error:
+        api.get_sweep("ns", "s")
+    assert error.value.transient and len(api.calls) == kube.ATTEMPTS
+    gone = FlakyApi((404, None))
+    assert gone.get_sweep("ns", "s") is None and gone.calls == ["get"]  # not retried
