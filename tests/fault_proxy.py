@@ -1,7 +1,8 @@
-"""A small HTTP fault proxy for the reliability tests: it sits in front of a real server (moto's S3 server) and,
-request by request, forwards, answers with an error of its own, resets the connection, holds the request, or
-rewrites the real response. Faults are queued per matching request, so a test says exactly what goes wrong and
-counts what reached the server.
+"""A small HTTP fault proxy for the reliability tests: it sits in front of a real server (moto's S3 server, or the
+kube-apiserver over TLS) and, request by request, forwards, answers with an error of its own, resets the
+connection, holds the request, or rewrites the real response. Faults are queued per matching request, so a test
+says exactly what goes wrong and counts what reached the server. Watches (``watch=true``) are relayed as they
+stream, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import socket
+import ssl
 import struct
 import threading
 import urllib.parse
@@ -30,9 +32,11 @@ class Fault:
     headers: Headers = field(default_factory=dict)
     query: str = ""
     rewrite: Callable[[Headers], Headers] | None = None
+    path: str = ""  # a substring of the path
 
     def matches(self, method: str, path: str) -> bool:
-        return method == self.method and self.query in urllib.parse.urlsplit(path).query
+        parts = urllib.parse.urlsplit(path)
+        return method == self.method and self.query in parts.query and self.path in parts.path
 
 
 SLOW_DOWN = (
@@ -48,9 +52,10 @@ def slow_down(method: str, **kwargs: object) -> Fault:
 class FaultProxy:
     """``with FaultProxy("http://127.0.0.1:PORT") as proxy:`` then point clients at ``proxy.url``."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, ca_file: str | None = None) -> None:
         parts = urllib.parse.urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.tls = ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
         self.faults: list[Fault] = []
         self.seen: list[tuple[str, str]] = []  # (method, path) of every request, faulted or not
         self.held = threading.Event()  # set when a "hold" fault has caught its request
@@ -81,6 +86,9 @@ class FaultProxy:
                 if fault is not None and fault.kind == "status":
                     self._reply(fault.status, {**fault.headers, "Content-Length": str(len(fault.body))}, fault.body)
                     return
+                if "watch=true" in urllib.parse.urlsplit(self.path).query:
+                    self._relay(body)
+                    return
                 status, headers, payload = proxy._forward(self.command, self.path, dict(self.headers), body)
                 if fault is not None and fault.rewrite is not None:
                     headers = fault.rewrite(headers)
@@ -96,7 +104,28 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(payload)
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any  # noqa: N815 - http.server's names
+            def _relay(self, body: bytes) -> None:
+                connection = proxy._connect(timeout=None)
+                try:
+                    connection.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+                    response = connection.getresponse()
+                    self.send_response(response.status)
+                    for key, value in response.getheaders():
+                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(key, value)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    while data := response.read1(65536):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except (OSError, http.client.HTTPException):
+                    pass  # either side went away (an operator killed, the server ending the watch, a test ending)
+                finally:
+                    connection.close()
+                    self.close_connection = True
+
+            do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _any  # noqa: N815 - http.server's names
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -107,9 +136,9 @@ class FaultProxy:
         with self._lock:
             self.faults.extend(faults)
 
-    def count(self, method: str, query: str = "") -> int:
+    def count(self, method: str, query: str = "", path: str = "") -> int:
         with self._lock:
-            return sum(1 for m, p in self.seen if m == method and query in urllib.parse.urlsplit(p).query)
+            return sum(1 for m, p in self.seen if Fault(method, "", query=query, path=path).matches(m, p))
 
     def _take(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -119,8 +148,13 @@ class FaultProxy:
                     return self.faults.pop(index)
         return None
 
+    def _connect(self, timeout: float | None = 60) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(*self.upstream, timeout=timeout, context=self.tls)
+        return http.client.HTTPConnection(*self.upstream, timeout=timeout)
+
     def _forward(self, method: str, path: str, headers: Headers, body: bytes) -> tuple[int, Headers, bytes]:
-        connection = http.client.HTTPConnection(*self.upstream, timeout=60)
+        connection = self._connect()
         try:
             connection.request(method, path, body=body or None, headers=headers)
             response = connection.getresponse()

@@ -63,7 +63,7 @@ summary("Succeeded", metrics={"val_accuracy": 1.0 if verbatim else 0.0}, metrics
 """
 
 
-def _command(*argv: str) -> list[str]:
+def behaviour_command(*argv: str) -> list[str]:
     script = f"EXPECTED_ARGV = {json.dumps(list(argv))}\nEXPECTED_GROUP = {json.dumps(GROUP_NAME)}\n{BEHAVIOUR}"
     return ["python", "-c", script, *argv]
 
@@ -85,11 +85,11 @@ def test_job_semantics_permanent_codes_backoff_deadline_ttl_and_an_oversized_mes
 ) -> None:
     argv = ("--note", HOSTILE)
     retry = sweep_manifest(
-        "retry", namespace, command=_command(*argv), parallelism=4, maxFailedTrials=10, backoffLimit=1,
+        "retry", namespace, command=behaviour_command(*argv), parallelism=4, maxFailedTrials=10, backoffLimit=1,
         search=learning_rates(1e-3, 0.3, 0.4, 0.6),
     )  # fmt: skip
     deadline = sweep_manifest(
-        "deadline", namespace, command=_command(*argv), activeDeadlineSeconds=3, maxFailedTrials=10,
+        "deadline", namespace, command=behaviour_command(*argv), activeDeadlineSeconds=3, maxFailedTrials=10,
         ttlSecondsAfterFinished=0, search=learning_rates(0.5),
     )  # fmt: skip
     assert apply(cluster, retry).returncode == 0 and apply(cluster, deadline).returncode == 0
@@ -124,7 +124,9 @@ def test_long_dotted_sweep_names_get_valid_labels_and_distinct_job_names(
     names = (f"{prefix}.run-1", f"{prefix}.run-2", "exp.1", "exp-1")
     for name in names:
         assert (
-            apply(cluster, sweep_manifest(name, namespace, command=_command(), search=learning_rates(1e-3))).returncode
+            apply(
+                cluster, sweep_manifest(name, namespace, command=behaviour_command(), search=learning_rates(1e-3))
+            ).returncode
             == 0
         )
     for name in names:
@@ -141,7 +143,7 @@ def test_operator_killed_at_random_points_runs_each_trial_exactly_once(
     gate = tmp_path / "gate"
     gate.write_text("0")
     rates = [round(1e-4 * (i + 1), 6) for i in range(12)]
-    command = _command("--gate", str(gate))
+    command = behaviour_command("--gate", str(gate))
     manifest = sweep_manifest("chaos", namespace, parallelism=3, command=command, search=learning_rates(*rates))
     manifest["spec"]["training"] = {"epochs": 1}
     assert apply(cluster, manifest).returncode == 0
@@ -164,9 +166,9 @@ def test_operator_killed_at_random_points_runs_each_trial_exactly_once(
 def test_sweeps_created_edited_and_deleted_while_the_operator_is_down_are_reconciled(
     cluster: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    made = sweep_manifest("made", namespace, command=_command(), search=learning_rates(1e-3, 2e-3))
-    edited = sweep_manifest("edited", namespace, command=_command(), suspend=True, search=learning_rates(1e-3))
-    gone = sweep_manifest("gone", namespace, command=_command(), suspend=True, search=learning_rates(1e-3))
+    made = sweep_manifest("made", namespace, command=behaviour_command(), search=learning_rates(1e-3, 2e-3))
+    edited = sweep_manifest("edited", namespace, command=behaviour_command(), suspend=True, search=learning_rates(1e-3))
+    gone = sweep_manifest("gone", namespace, command=behaviour_command(), suspend=True, search=learning_rates(1e-3))
     assert apply(cluster, edited).returncode == 0 and apply(cluster, gone).returncode == 0
     wait_phase(cluster, namespace, "edited", ("Suspended",))
     operator.kill()
@@ -191,7 +193,7 @@ def test_sweeps_created_edited_and_deleted_while_the_operator_is_down_are_reconc
 def test_an_unsatisfiable_gpu_request_leaves_the_trial_pending_with_a_reason_and_no_spinning(
     cluster: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    manifest = sweep_manifest("greedy", namespace, command=_command(), search=learning_rates(1e-3))
+    manifest = sweep_manifest("greedy", namespace, command=behaviour_command(), search=learning_rates(1e-3))
     manifest["spec"]["resources"] = {"limits": {"cpu": "1", "memory": "512Mi", "nvidia.com/gpu": 64}}
     assert apply(cluster, manifest).returncode == 0
 
@@ -212,7 +214,9 @@ def test_a_trial_job_deleted_mid_run_is_recreated_and_the_trial_finishes(
 ) -> None:
     gate = tmp_path / "gate"
     gate.write_text("0")
-    manifest = sweep_manifest("victim", namespace, command=_command("--gate", str(gate)), search=learning_rates(1e-4))
+    manifest = sweep_manifest(
+        "victim", namespace, command=behaviour_command("--gate", str(gate)), search=learning_rates(1e-4)
+    )
     assert apply(cluster, manifest).returncode == 0
     wait_for(
         "the trial to run",
