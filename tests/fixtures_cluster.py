@@ -15,7 +15,7 @@ Pods run on node ``lorasweep-dev-node`` as local processes (see lorasweep_operat
 ``command`` + ``args`` with the pod's env, PATH starting with this project's .venv/bin,
 CUDA_VISIBLE_DEVICES="", LORASWEEP_TERMINATION_LOG read back as the termination message.
 
-Every test that uses ``cluster`` is marked ``integration`` unless it is marked ``e2e``.
+Every test that uses ``cluster`` (or ``s3_server``) is marked ``integration`` unless it is marked ``e2e``.
 """
 
 from __future__ import annotations
@@ -39,10 +39,15 @@ __all__ = ["processes_running", "wait_for"]
 SESSIONS = "test-clusters"
 
 
+# tryfirst: the marks must be on before `-m` deselects, or `-m "not integration and not e2e"` keeps (and starts
+# a control plane for) every test that has its mark only from here. get_closest_marker, not iter_markers: a
+# generator is always true.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if "cluster" in fixtures and not any(item.iter_markers(m) for m in ("integration", "e2e")):
+        needs = {"cluster", "s3_server"} & set(fixtures)
+        if needs and not any(item.get_closest_marker(m) for m in ("integration", "e2e")):
             item.add_marker(pytest.mark.integration)
 
 

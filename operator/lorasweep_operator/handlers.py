@@ -2,8 +2,9 @@
 
 Every trigger (a sweep created, resumed or edited; a trial Job changing phase; a timer) runs the same
 level-triggered pass for that sweep: read the sweep and its Jobs, plan (pure), launch what is missing
-(idempotent: deterministic Job names, 409 means done), aggregate the status (pure), write it when it
-changed. Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
+(idempotent: deterministic Job names, 409 means done; a name held by a Job this sweep does not own is
+reported on the trial as JobNotOwned), aggregate the status (pure), write it when it changed. A trial Job
+deleted before it finished is created again; one deleted after is not (its outcome is recorded). Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
 
 Once the sweep has finished, the same pass sees to its report: written by the operator itself when it was
 started with `--write-reports` (its pod can reach spec.storage.output), else by one report Job that runs
@@ -38,15 +39,19 @@ from lorasweep_operator.spec import (
     VERSION,
     LoraSweepSpec,
     LoraSweepStatus,
+    Objective,
     PreparationStatus,
+    SourceTrial,
     SpecError,
-    TrialStatus,
     parse_spec,
 )
+from lorasweep_trainer.config import Goal, trial_output
+from lorasweep_trainer.results import TerminationSummary
 
 log = logging.getLogger(__name__)
 
 TIMER_INTERVAL = 60.0
+JOB_NOT_OWNED = "JobNotOwned"
 SOURCE_RETRY_DELAY = 30.0
 ANNOTATION_PREFIX = "lorasweep.dev"
 
@@ -254,7 +259,8 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     try:
         spec = parse_spec(body.get("spec") or {})
         policies.check(spec, SETTINGS.policy)  # every Job of this pass is rendered from this spec
-        plan = planning.plan(spec, name, _source_trials(kube, current, spec))
+        source = _source_trials(kube, current, spec)
+        plan = planning.plan(spec, name, source)
     except SpecError as error:
         reason = "NotAllowedByPolicy" if isinstance(error, policies.PolicyError) else "InvalidSpec"
         _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now(), reason))
@@ -262,6 +268,11 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
             kube.emit_event(body, "Warning", reason, str(error))
         log.warning("invalid sweep namespace=%s sweep=%s problem=%s", namespace, name, error)
         raise Invalid(str(error)) from None
+
+    if spec.search.from_sweep is not None and current.previous.source_trials is None:
+        # Frozen before any Job exists: later passes plan from it, whatever becomes of the source.
+        current.previous = current.previous.model_copy(update={"source_trials": source[: spec.search.from_sweep.top]})
+        kube.patch_status(namespace, name, current.previous.to_patch())
 
     jobs: list[statuses.ObservedJob] = []
     others: dict[str, statuses.ObservedJob] = {}  # the report and preparation Jobs, by name
@@ -276,6 +287,10 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
+        if SETTINGS.write_reports:
+            jobs = statuses.with_summaries(jobs, recover_results(spec, current, jobs))
+    if any(not job.terminal for job in jobs):
+        jobs = statuses.with_pending_reasons(jobs, statuses.unschedulable(pods.get()))
 
     # No preparation for a command of the user's own, nor once every trial has finished (a sweep from before
     # preparation steps existed).
@@ -284,11 +299,25 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     launched = []
     ready = preparation is None or preparation.phase == "Succeeded"
     for trial in statuses.launches(spec, plan, jobs, current.previous) if ready else []:
-        created_in_this_pass = any(job.name == trial.job_name for job in jobs)  # a pack's earlier member
-        if not created_in_this_pass and kube.create_job(_render_trial_job(spec, current, plan, trial)):
+        packed = spec.packing > 1
+        if any(job.name == trial.job_name for job in jobs):  # a pack's earlier member created it in this pass
+            jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=packed))
+        elif kube.create_job(_render_trial_job(spec, current, plan, trial)):
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
-        jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=spec.packing > 1))
+            jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=packed))
+        else:
+            # 409, yet not among this sweep's Jobs: another object holds the name (its ownerReference removed,
+            # or left by someone else). Say so rather than wait for it forever.
+            problem = (
+                f"Job {trial.job_name} exists but is not owned by this sweep; delete it (or restore its "
+                "ownerReference) and the trial is launched"
+            )
+            jobs.append(
+                statuses.ObservedJob(
+                    trial.job_name, trial.id, "Pending", reason=JOB_NOT_OWNED, message=problem, packed=packed
+                )
+            )
     if launched:
         log.info("trial jobs created namespace=%s sweep=%s count=%d", namespace, name, len(launched))
         current.events.append(
@@ -372,14 +401,43 @@ def _prepare(
     return state
 
 
-def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[TrialStatus]:
-    """The fromSweep source's trial table, best first; `Waiting` until that sweep has finished."""
+def recover_results(
+    spec: LoraSweepSpec, current: Pass, jobs: list[statuses.ObservedJob]
+) -> dict[str, TerminationSummary]:
+    """For an operator that can read spec.storage.output (`--write-reports`): the results of succeeded trials
+    whose termination message held none, read from their metrics.json. A file that is absent or broken leaves
+    the trial ResultUnreadable."""
+    from lorasweep_trainer import storage
+    from lorasweep_trainer.results import METRICS_FILE, TrialMetrics, summarize
+
+    recovered = {}
+    for job in statuses.unreadable_results(jobs, current.previous):
+        uri = trial_output(spec.storage.output, current.namespace, current.name, job.trial) + METRICS_FILE
+        try:
+            metrics = TrialMetrics.model_validate_json(storage.read_bytes(uri))
+        except Exception as error:  # absent, unreadable or invalid: the trial keeps its ResultUnreadable reason
+            log.warning(
+                "result not recovered namespace=%s trial=%s uri=%s error=%s", current.namespace, job.trial, uri, error
+            )
+            continue
+        log.info(
+            "result recovered namespace=%s sweep=%s trial=%s uri=%s", current.namespace, current.name, job.trial, uri
+        )
+        recovered[job.trial] = summarize(metrics, uri)
+    return recovered
+
+
+def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[SourceTrial]:
+    """The fromSweep source's results, best first: frozen in status.sourceTrials once taken, so a source edited
+    or deleted afterwards changes nothing; until then read from the source, `Waiting` until it has finished."""
     source = spec.search.from_sweep
     if source is None:
         return []
+    if current.previous.source_trials is not None:
+        return current.previous.source_trials
     body = kube.get_sweep(current.namespace, source.name)
     status = _previous_status(body) if body is not None else None
-    if status is None or status.phase not in TERMINAL_SWEEP_PHASES:
+    if body is None or status is None or status.phase not in TERMINAL_SWEEP_PHASES:
         problem = (
             f"search.fromSweep: sweep {source.name!r} not found in namespace {current.namespace}"
             if status is None
@@ -391,7 +449,25 @@ def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[Trial
             kube, current, statuses.waiting(current.previous, "WaitingForSource", problem, current.generation, now())
         )
         raise Waiting(problem)
-    return status.trials
+    goal, plan = _source_plan(current.namespace, source.name, body, status)
+    return statuses.source_results(goal, status, plan)
+
+
+def _source_plan(
+    namespace: str, name: str, body: Mapping[str, Any], status: LoraSweepStatus
+) -> tuple[Goal, list[planning.PlannedTrial]]:
+    """The source's goal and plan (its parameters for every trial, beyond its cut trial table). A source whose
+    spec no longer plans (a newer operator's fields, say) still offers the trials its table holds."""
+    try:
+        spec = parse_spec(body.get("spec") or {})
+        return spec.objective.resolved_goal, planning.plan(spec, name, status.source_trials or ())
+    except SpecError as error:
+        log.warning("source not planned namespace=%s sweep=%s problem=%s", namespace, name, error)
+    try:
+        objective = Objective.model_validate((body.get("spec") or {}).get("objective") or {})
+    except ValidationError:
+        objective = Objective()
+    return objective.resolved_goal, []
 
 
 def _write(kube: Kube, current: Pass, new: LoraSweepStatus) -> int:

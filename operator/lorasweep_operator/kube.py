@@ -12,12 +12,17 @@
 kopf itself watches (list, watch) lorasweeps and jobs, patches lorasweeps (its progress annotations) and
 creates events. Bodies go in and come out as plain camelCase dicts (the API's JSON), never client models:
 the pure modules read the same shapes the API returns.
+
+A call that fails transiently (429, 5xx, a dropped connection) is tried again within the call, a few times,
+with exponential backoff and jitter, waiting at least what a 429's Retry-After asks. So is a 409 on a status
+write: the patch replaces the status whole, so sending it again is right. Then the error goes to the caller.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +38,9 @@ from lorasweep_operator.spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 30
+ATTEMPTS = 4
+BACKOFF_BASE_SECONDS = 0.25
+BACKOFF_MAX_SECONDS = 8.0
 LIST_PAGE = 500
 TRANSIENT_CODES = frozenset({0, 408, 425, 429, 500, 502, 503, 504})
 
@@ -40,10 +48,11 @@ TRANSIENT_CODES = frozenset({0, 408, 425, 429, 500, 502, 503, 504})
 class ApiError(Exception):
     """An API call failed; `transient` says whether trying again later can help."""
 
-    def __init__(self, verb: str, resource: str, code: int, reason: str) -> None:
+    def __init__(self, verb: str, resource: str, code: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(f"{verb} {resource} failed: {code} {reason}")
         self.code = code
         self.transient = code in TRANSIENT_CODES
+        self.retry_after = retry_after
 
 
 class _Metadata(BaseModel):
@@ -119,6 +128,36 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._send(verb, resource, method, path, query, body, content_type)
+            except ApiError as error:
+                again = error.transient or (error.code == 409 and verb == "patch" and path.endswith("/status"))
+                if not again or attempt == ATTEMPTS:
+                    raise
+                backoff = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1)) * (0.5 + random.random())
+                delay = max(backoff, min(error.retry_after or 0.0, BACKOFF_MAX_SECONDS))
+                log.warning(
+                    "api retry verb=%s resource=%s attempt=%d delay_s=%.2f error=%s",
+                    verb,
+                    resource,
+                    attempt,
+                    delay,
+                    error,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _send(
+        self,
+        verb: str,
+        resource: str,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None,
+        body: Any,
+        content_type: str,
+    ) -> Any:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -139,7 +178,7 @@ class Kube:
             return json.loads(response.data)
         except ApiException as error:
             telemetry.API_ERRORS.labels(verb=verb, resource=resource, code=str(error.status)).inc()
-            raise ApiError(verb, resource, int(error.status or 0), _reason(error)) from error
+            raise ApiError(verb, resource, int(error.status or 0), _reason(error), _retry_after(error)) from error
         except (HTTPError, OSError) as error:
             telemetry.API_ERRORS.labels(verb=verb, resource=resource, code="connection").inc()
             raise ApiError(verb, resource, 0, f"connection error: {error}") from error
@@ -241,3 +280,11 @@ def _reason(error: Any) -> str:
         return str(json.loads(error.body)["message"])
     except (TypeError, ValueError, KeyError):
         return str(error.reason)
+
+
+def _retry_after(error: Any) -> float | None:
+    value = (error.headers or {}).get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: the backoff alone

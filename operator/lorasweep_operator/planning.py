@@ -7,7 +7,9 @@ override equal to the baseline, the same value in two groups) is dropped, so the
 plus four groups plans exactly its 11 trials.
 
 A trial's id is a hash of its resolved training parameters and seed: the same configuration always gets
-the same id, so a restarted operator finds the Jobs it already made (`job_name`, `label_value`).
+the same id, so a restarted operator finds the Jobs it already made (`job_name`, `label_value`). A Job's name
+also carries a hash of the sweep's name, so two sweeps in one namespace never share a Job name (``exp.1`` and
+``exp-1``, or two long names with one prefix, would otherwise meet 409 on each other's Jobs forever).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lorasweep_operator.spec import (
     DEFAULT_MAX_TRIALS,
     Distribution,
     LoraSweepSpec,
+    SourceTrial,
     SpecError,
     TrainingConfig,
     TrainingOverride,
@@ -35,6 +38,7 @@ from lorasweep_operator.spec import (
 from lorasweep_trainer.config import CacheConfig, TrialConfig, trial_output
 
 TRIAL_ID_LENGTH = 10
+SWEEP_HASH_LENGTH = 5
 NAME_LIMIT = 63
 # Past this many raw combinations planning refuses before materialising them (de-dup cannot bring 10^9 down).
 MATERIALISE_LIMIT = 1_000_000
@@ -86,9 +90,11 @@ def trial_id(training: TrainingConfig, seed: int) -> str:
 
 
 def job_name(sweep: str, trial: str) -> str:
-    """``<sweep prefix>-<trial id>``: a DNS-1123 label (<= 63) that is also a valid label value."""
-    prefix = sweep.lower().replace(".", "-")[: NAME_LIMIT - len(trial) - 1].rstrip("-")
-    return f"{prefix}-{trial}" if prefix else f"t-{trial}"
+    """``<sweep prefix>-<sweep hash>-<trial id>``: a DNS-1123 label (<= 63) that is also a valid label value.
+    The prefix is only for people (it is cut and has dots replaced); the hash of the whole name keeps sweeps apart."""
+    suffix = f"{short_hash(sweep, SWEEP_HASH_LENGTH)}-{trial}"
+    prefix = sweep.lower().replace(".", "-")[: NAME_LIMIT - len(suffix) - 1].rstrip("-")
+    return f"{prefix}-{suffix}" if prefix else f"t-{suffix}"
 
 
 def label_value(text: str) -> str:
@@ -234,7 +240,7 @@ def _explicit(spec: LoraSweepSpec) -> Iterator[Configuration]:
         yield "list", apply_override(spec.training, value, f"search.list[{index}]")
 
 
-def _from_sweep(spec: LoraSweepSpec, source: Sequence[TrialStatus]) -> Iterator[Configuration]:
+def _from_sweep(spec: LoraSweepSpec, source: Sequence[TrialStatus | SourceTrial]) -> Iterator[Configuration]:
     search = spec.search.from_sweep
     assert search is not None
     finished = [trial for trial in source if trial.phase == "Succeeded" and trial.objective is not None]
@@ -263,8 +269,9 @@ def upper_bound(spec: LoraSweepSpec) -> int:
     return (configs + int(search.baseline_included())) * len(search.seeds)
 
 
-def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus] = ()) -> list[PlannedTrial]:
-    """The sweep's trials in launch order. `source` is the fromSweep sweep's trial table, best first."""
+def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus | SourceTrial] = ()) -> list[PlannedTrial]:
+    """The sweep's trials in launch order. `source`: the fromSweep sweep's results, best first
+    (`status.source_results`, frozen in status.sourceTrials once the sweep starts)."""
     bound = upper_bound(spec)
     if bound > MATERIALISE_LIMIT:
         raise PlanError(

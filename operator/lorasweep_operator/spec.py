@@ -8,6 +8,7 @@ with ``deploy/crd/lorasweeps.lorasweep.dev.yaml`` (a unit test holds the two tog
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -41,6 +42,8 @@ SHORT_NAME = "lsw"
 DEFAULT_COMMAND = ("lorasweep-trainer", "train")
 DEFAULT_MAX_TRIALS = 10_000
 DEFAULT_SEEDS = (42,)
+# search.fromSweep takes at most this many; status.outcomes keeps the objectives of this many best trials.
+FROM_SWEEP_TOP_MAX = 100
 GPU_RESOURCE = "nvidia.com/gpu"
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "RandomSearch",
     "SearchGroup",
     "SearchSpec",
+    "SourceTrial",
     "SpecError",
     "SplitConfig",
     "Storage",
@@ -110,12 +114,16 @@ class TrainingOverride(Contract):
 def _alpha_with_rank(values: list[TrainingOverride], where: str) -> list[TrainingOverride]:
     # Changing the rank alone silently changes alpha/rank (the LoRA scale); the reference always moved them together.
     for index, value in enumerate(values):
-        if value.lora is not None and value.lora.rank is not None and value.lora.alpha is None:
-            raise ValueError(
-                f"{where}[{index}] sets lora.rank={value.lora.rank} without lora.alpha; give alpha too "
-                f"(for example alpha: {2 * value.lora.rank} keeps the reference's alpha = 2 x rank)"
-            )
+        _override_alpha_with_rank(value, f"{where}[{index}]")
     return values
+
+
+def _override_alpha_with_rank(value: TrainingOverride, where: str) -> None:
+    if value.lora is not None and value.lora.rank is not None and value.lora.alpha is None:
+        raise ValueError(
+            f"{where} sets lora.rank={value.lora.rank} without lora.alpha; give alpha too "
+            f"(for example alpha: {2 * value.lora.rank} keeps the reference's alpha = 2 x rank)"
+        )
 
 
 # --- the search ---------------------------------------------------------------------------------------------
@@ -167,6 +175,11 @@ class LoraSpace(Contract):
     alpha: Distribution | None = None
     dropout: Distribution | None = None
 
+    @model_validator(mode="after")
+    def _rank_alpha(self) -> LoraSpace:
+        _rank_needs_alpha(self.rank, self.alpha, "search.random.space.lora")
+        return self
+
 
 class SearchSpace(Contract):
     epochs: Distribution | None = None
@@ -191,10 +204,24 @@ class RandomSearch(Contract):
         return self
 
 
+def _rank_needs_alpha(rank: object, alpha: object, where: str) -> None:
+    # The same rule as _alpha_with_rank, for a grid's or a random space's lora (CEL: the same rule on each).
+    if rank is not None and alpha is None:
+        raise ValueError(
+            f"{where} varies lora.rank without lora.alpha; give alpha too (alpha = 2 x rank keeps the "
+            f"reference's scale)"
+        )
+
+
 class LoraGrid(Contract):
     rank: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(default=None, min_length=1)
     alpha: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1)
     dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _rank_alpha(self) -> LoraGrid:
+        _rank_needs_alpha(self.rank, self.alpha, "search.grid.lora")
+        return self
 
 
 class GridSearch(Contract):
@@ -212,8 +239,14 @@ class FromSweep(Contract):
     """Re-run the best `top` configurations of a finished sweep in the same namespace (the reference's Phase 2)."""
 
     name: str = Field(min_length=1, max_length=253)
-    top: Annotated[int, Field(ge=1, le=100)] = 3
+    top: Annotated[int, Field(ge=1, le=FROM_SWEEP_TOP_MAX)] = 3
     override: TrainingOverride | None = Field(default=None, description="applied on top of each source trial")
+
+    @model_validator(mode="after")
+    def _rank_alpha(self) -> FromSweep:
+        if self.override is not None:
+            _override_alpha_with_rank(self.override, "search.fromSweep.override")
+        return self
 
 
 SEARCH_KINDS = ("groups", "grid", "random", "list", "fromSweep")
@@ -263,6 +296,10 @@ class SearchSpec(Contract):
 
 
 class Objective(Contract):
+    """What ranks the trials. Immutable once the sweep's trials have started (the CRD's CEL rule on the root, with
+    status.startTime): every recorded score is of this metric and goal, so a changed objective would rank old
+    scores as new ones. To rank by another objective, create a new sweep (search.fromSweep reuses the results)."""
+
     metric: ObjectiveMetric = "val_accuracy"
     goal: Goal | None = Field(default=None, description="default: minimize for val_loss, maximize otherwise")
 
@@ -366,6 +403,25 @@ class LoraSweepSpec(Contract):
             raise ValueError("command[0] must name the program to run, e.g. lorasweep-trainer")
         return value
 
+    @model_validator(mode="after")
+    def _grid_within_cap(self) -> LoraSweepSpec:
+        # The CRD's CEL rule on spec says the same, so an oversized grid is refused when applied.
+        grid = self.search.grid
+        if grid is None:
+            return self
+        listed = [v for v in grid.model_dump(exclude_none=True, exclude={"lora"}).values()]
+        listed += list((grid.lora.model_dump(exclude_none=True) if grid.lora else {}).values())
+        trials = (math.prod(len(values) for values in listed) + int(self.search.baseline_included())) * len(
+            self.search.seeds
+        )
+        if trials > self.max_trials:
+            raise ValueError(
+                f"search.grid expands to more trials than maxTrials ({trials:,} > {self.max_trials:,}: the product "
+                f"of its value counts, times the seeds); narrow the grid or raise spec.maxTrials (at most "
+                f"{DEFAULT_MAX_TRIALS:,})"
+            )
+        return self
+
 
 # --- status -------------------------------------------------------------------------------------------------
 
@@ -418,6 +474,17 @@ class TrialOutcome(StatusModel):
     objective: float | None = None
 
 
+class SourceTrial(StatusModel):
+    """A configuration a fromSweep sweep took from its source, best first; frozen in its status when it starts,
+    so editing or deleting the source later changes nothing."""
+
+    id: str
+    phase: Literal["Succeeded"] = "Succeeded"
+    group: str | None = None
+    params: TrainingConfig
+    objective: float
+
+
 class TrialCounts(StatusModel):
     total: int = 0
     pending: int = 0
@@ -455,6 +522,9 @@ class PreparationStatus(StatusModel):
     seconds: float | None = None
 
 
+FINISHED_KEYS: dict[str, Literal["Succeeded", "Failed"]] = {"succeeded": "Succeeded", "failed": "Failed"}
+
+
 class LoraSweepStatus(StatusModel):
     phase: SweepPhase = "Pending"
     message: str | None = None
@@ -469,9 +539,33 @@ class LoraSweepStatus(StatusModel):
     completion_time: str | None = None
     report_uri: str | None = None
     preparation: PreparationStatus | None = None
+    source_trials: list[SourceTrial] | None = None
+
+    # On the wire, `outcomes` holds only the finished trials that still carry an objective (the best
+    # FROM_SWEEP_TOP_MAX, see status.bounded_outcomes); every other finished trial is one id in the space-separated
+    # strings of `finished` (11 bytes a trial, against ~70 for a map entry): 10,000 trials stay ~110 KB.
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_finished(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not data.get("finished"):
+            return data
+        outcomes = dict(data.get("outcomes") or {})
+        for key, phase in FINISHED_KEYS.items():
+            for trial in str(data["finished"].get(key) or "").split():
+                outcomes.setdefault(trial, {"phase": phase})
+        return {**{k: v for k, v in data.items() if k != "finished"}, "outcomes": outcomes}
 
     def to_patch(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        patch = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        outcomes: dict[str, dict[str, Any]] = patch.pop("outcomes")
+        patch["outcomes"] = {trial: o for trial, o in outcomes.items() if "objective" in o}
+        finished = {
+            key: " ".join(sorted(t for t, o in outcomes.items() if "objective" not in o and o["phase"] == phase))
+            for key, phase in FINISHED_KEYS.items()
+        }
+        if any(finished.values()):
+            patch["finished"] = {key: ids for key, ids in finished.items() if ids}
+        return patch
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

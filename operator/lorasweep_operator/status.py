@@ -9,7 +9,10 @@ relaunches it.
 The trial table is best first: succeeded trials by the objective (ties: plan order), then running,
 failed and pending ones. Up to `FULL_TABLE_LIMIT` trials it holds every trial; beyond, the top
 `TOP_K` succeeded plus up to `TOP_K` running and failed ones, so a 10,000-trial sweep stays far below
-the API server's object size limit (every metrics.json is in object storage anyway).
+the API server's object size limit (every metrics.json is in object storage anyway). status.outcomes is
+bounded the same way (`bounded_outcomes`): every finished trial is kept, but only the best
+`FROM_SWEEP_TOP_MAX` keep their objective; on the wire the others are bare ids (LoraSweepStatus.to_patch),
+about 125 KB for a 10,000-trial status in all.
 """
 
 from __future__ import annotations
@@ -25,19 +28,26 @@ from lorasweep_operator.planning import PlannedTrial
 from lorasweep_operator.rendering import CONTAINER, REPORT_CONTAINER, TRIAL_LABEL, TRIALS_ANNOTATION, is_report
 from lorasweep_operator.report.model import ReportSummary
 from lorasweep_operator.spec import (
+    FROM_SWEEP_TOP_MAX,
     TERMINAL_SWEEP_PHASES,
     TERMINAL_TRIAL_PHASES,
     BestTrial,
     Condition,
     LoraSweepSpec,
     LoraSweepStatus,
+    SourceTrial,
     SweepPhase,
+    TrainingConfig,
     TrialCounts,
     TrialOutcome,
     TrialPhase,
     TrialStatus,
 )
+from lorasweep_trainer.config import Goal
 from lorasweep_trainer.results import PackSummary, TerminationSummary
+
+# A succeeded trial whose result could not be read from its termination message.
+RESULT_UNREADABLE = "ResultUnreadable"
 
 FULL_TABLE_LIMIT = 100
 TOP_K = 20
@@ -189,6 +199,39 @@ def with_summaries(jobs: Sequence[ObservedJob], summaries: Mapping[str, Terminat
     return out
 
 
+def unschedulable(pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
+    """trial -> (reason, message) of its pod the scheduler cannot place (no node has the GPUs it asks for, say)."""
+    found = {}
+    for pod in pods:
+        trial = ((pod.get("metadata") or {}).get("labels") or {}).get(TRIAL_LABEL)
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and trial:
+                found[trial] = (str(condition.get("reason") or "Unschedulable"), _clip(condition.get("message")) or "")
+    return found
+
+
+def with_pending_reasons(jobs: Sequence[ObservedJob], reasons: Mapping[str, tuple[str, str]]) -> list[ObservedJob]:
+    """Unfinished Jobs whose pod waits for a node: Pending (not Running, though the Job counts it active), and why."""
+    return [
+        replace(job, phase="Pending", reason=reasons[job.trial][0], message=reasons[job.trial][1])
+        if not job.terminal and job.trial in reasons
+        else job
+        for job in jobs
+    ]
+
+
+def unreadable_results(jobs: Sequence[ObservedJob], previous: LoraSweepStatus) -> list[ObservedJob]:
+    """Succeeded Jobs, not yet recorded, whose termination message holds no result (`RESULT_UNREADABLE`)."""
+    return [
+        job
+        for job in jobs
+        if job.phase == "Succeeded"
+        and job.trial not in previous.outcomes
+        and (job.summary is None or job.summary.status != "Succeeded")
+    ]
+
+
 # --- launching ----------------------------------------------------------------------------------------------
 
 
@@ -259,19 +302,18 @@ def _row(
         return TrialStatus(**base, phase="Pending")
     row = TrialStatus(**base, phase=job.phase, start_time=job.start_time, completion_time=job.completion_time)
     if not job.terminal:
-        return row
+        return row.model_copy(update={"reason": job.reason, "message": job.message}) if job.reason else row
     summary = job.summary
     if job.phase == "Succeeded":
-        metrics = dict(summary.metrics) if summary and summary.status == "Succeeded" else {}
-        objective = metrics.get(spec.objective.metric)
-        message = None if summary else "the trial left no termination message; its metrics are not known"
+        if summary is None or summary.status != "Succeeded":
+            return row.model_copy(update={"reason": RESULT_UNREADABLE, "message": _unreadable(summary)})
+        metrics = dict(summary.metrics)
         return row.model_copy(
             update={
-                "objective": objective,
+                "objective": metrics.get(spec.objective.metric),
                 "metrics": metrics,
-                "best_epoch": summary.best_epoch if summary else None,
-                "metrics_uri": summary.metrics_uri if summary else None,
-                "message": message,
+                "best_epoch": summary.best_epoch,
+                "metrics_uri": summary.metrics_uri,
             }
         )
     reason = job.reason
@@ -280,6 +322,18 @@ def _row(
         reason = summary.reason or reason
         message = _clip(summary.message) or message
     return row.model_copy(update={"reason": reason, "message": message})
+
+
+def _unreadable(summary: TerminationSummary | None) -> str:
+    what = (
+        "left no termination message"
+        if summary is None
+        else "left a termination message that is no result (truncated past the kubelet's 4 KiB, or malformed)"
+    )
+    return (
+        f"the trial succeeded but {what}, so its objective is not known here; the sweep report reads its "
+        "metrics.json, and an operator started with --write-reports recovers it from there"
+    )
 
 
 def _sort_key(row: TrialStatus, index: int, sign: float) -> tuple[int, float, int]:
@@ -355,6 +409,7 @@ def aggregate(
     # Outcomes of trials no longer planned (spec.training edited) are kept: they happened.
     for trial_id, outcome in previous.outcomes.items():
         outcomes.setdefault(trial_id, outcome)
+    outcomes = bounded_outcomes(outcomes, {trial.id: trial.index for trial in plan}, sign)
 
     counts = TrialCounts(total=len(plan))
     for _, row in rows:
@@ -413,8 +468,47 @@ def aggregate(
         start_time=started,
         completion_time=completion,
         report_uri=previous.report_uri,
+        source_trials=previous.source_trials,
     )
     return Reconciled(status=status, events=events)
+
+
+def bounded_outcomes(
+    outcomes: Mapping[str, TrialOutcome], order: Mapping[str, int], sign: float
+) -> dict[str, TrialOutcome]:
+    """Every finished trial stays (it is never relaunched, and counts), but only the best `FROM_SWEEP_TOP_MAX`
+    keep their objective: the trial table and status.best hold fewer, search.fromSweep takes at most that many,
+    and a trial outside them can never re-enter (recorded objectives do not change). Ties: plan order."""
+    scored = sorted(
+        (trial for trial, outcome in outcomes.items() if outcome.objective is not None),
+        key=lambda trial: (sign * (outcomes[trial].objective or 0.0), order.get(trial, len(order)), trial),
+    )
+    kept = set(scored[:FROM_SWEEP_TOP_MAX])
+    return {
+        trial: outcome if outcome.objective is None or trial in kept else outcome.model_copy(update={"objective": None})
+        for trial, outcome in outcomes.items()
+    }
+
+
+def source_results(goal: Goal, status: LoraSweepStatus, plan: Sequence[PlannedTrial]) -> list[SourceTrial]:
+    """A finished sweep's succeeded trials with an objective, best first (ties: plan order), from its complete
+    results: the objectives in status.outcomes, the parameters from its plan (`plan`, planned from its spec)
+    or its trial table, so a table cut to the top rows past FULL_TABLE_LIMIT trials takes nothing away."""
+    configurations: dict[str, tuple[str | None, TrainingConfig]] = {t.id: (t.group, t.training) for t in plan}
+    for row in status.trials:
+        configurations.setdefault(row.id, (row.group, row.params))
+    order = {trial: index for index, trial in enumerate(configurations)}
+    sign = -1.0 if goal == "maximize" else 1.0
+    found = [
+        (trial, outcome.objective)
+        for trial, outcome in status.outcomes.items()
+        if outcome.phase == "Succeeded" and outcome.objective is not None and trial in configurations
+    ]
+    found.sort(key=lambda item: (sign * item[1], order[item[0]]))
+    return [
+        SourceTrial(id=trial, group=configurations[trial][0], params=configurations[trial][1], objective=objective)
+        for trial, objective in found[:FROM_SWEEP_TOP_MAX]
+    ]
 
 
 def _phase(spec: LoraSweepSpec, counts: TrialCounts) -> tuple[SweepPhase, str, str]:

@@ -55,7 +55,14 @@ open(path, "w").write(json.dumps({"trial": trial["trial"], "status": "Succeeded"
 
 def install_crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd/lorasweeps.lorasweep.dev")
+
+    # Polled, not `kubectl wait`: that fails outright when it reads the CRD before its status has conditions.
+    def established() -> bool:
+        crd = json.loads(cluster.kubectl("get", "crd/lorasweeps.lorasweep.dev", "-o", "json").stdout)
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_for("the CRD to be established", established, timeout=60)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "role.yaml"))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "user_roles.yaml"))
 

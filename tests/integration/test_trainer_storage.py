@@ -41,22 +41,25 @@ def test_upload_folder_keeps_relative_names(s3: str, tmp_path: Path) -> None:
     assert written == [f"{s3}/trial/adapter/adapter_config.json", f"{s3}/trial/metrics.json"]
 
 
-def test_writes_are_verified_by_md5(s3: str, s3_server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writes_are_verified_by_sha256_checksums(s3: str, s3_server, monkeypatch: pytest.MonkeyPatch) -> None:
     storage.write_bytes(f"{s3}/trial/metrics.json", b"payload")
-    head = s3_server.client().head_object(Bucket=s3.removeprefix("s3://"), Key="trial/metrics.json")
-    assert head["ETag"].strip('"') == hashlib.md5(b"payload", usedforsecurity=False).hexdigest()
+    head = s3_server.client().head_object(
+        Bucket=s3.removeprefix("s3://"), Key="trial/metrics.json", ChecksumMode="ENABLED"
+    )
+    assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(b"payload").digest()).decode()
 
-    # Real S3 and MinIO also refuse a body that does not match ContentMD5; moto does not check it, so a
-    # server that stored something else is played by a client whose PUT answers with another ETag.
+    # Real S3 and MinIO refuse a body that does not match its checksum header; moto does not check it, so a
+    # server that stored something else is played by a client whose PUT answers with another checksum.
     class CorruptingServer:
         def put_object(self, **request: object) -> dict[str, str]:
-            assert (
-                request["ContentMD5"]
-                == base64.b64encode(hashlib.md5(b"payload", usedforsecurity=False).digest()).decode()
-            )
-            return {"ETag": '"00000000000000000000000000000000"'}
+            assert request["ChecksumAlgorithm"] == "SHA256" and "ContentMD5" not in request
+            return {
+                "ETag": '"not-an-md5"',
+                "ChecksumSHA256": base64.b64encode(hashlib.sha256(b"other").digest()).decode(),
+            }
 
     monkeypatch.setattr(storage, "_client", CorruptingServer())
+    monkeypatch.setattr(storage, "BACKOFF_BASE_SECONDS", 0.001)
     with pytest.raises(storage.StorageError, match="did not verify"):
         storage.write_bytes(f"{s3}/trial/other.json", b"payload")
 

@@ -156,7 +156,11 @@ def test_random_is_seeded_and_respects_each_distribution() -> None:
             "seed": 7,
             "space": {
                 "learningRate": {"logUniform": {"min": 1e-5, "max": 1e-2}},
-                "lora": {"dropout": {"uniform": {"min": 0.0, "max": 0.3}}, "rank": {"choice": [4, 8, 16]}},
+                "lora": {
+                    "dropout": {"uniform": {"min": 0.0, "max": 0.3}},
+                    "rank": {"choice": [4, 8, 16]},
+                    "alpha": {"choice": [32.0]},
+                },
             },
         }
     }
@@ -255,8 +259,11 @@ def test_from_sweep_without_results_says_so() -> None:
 
 
 def test_the_cap_is_enforced_with_a_clear_message() -> None:
-    spec = spec_with(maxTrials=10, search={"grid": {"learningRate": [1e-4, 2e-4, 3e-4, 4e-4], "epochs": [1, 2, 3]}})
-    with pytest.raises(planning.PlanError, match=r"12 trials, more than maxTrials=10; narrow the search or raise"):
+    # A grid is refused as written (the CRD's CEL rule says the same); other searches once planned (de-duplicated).
+    with pytest.raises(SpecError, match=r"search.grid expands to more trials than maxTrials \(12 > 10"):
+        spec_with(maxTrials=10, search={"grid": {"learningRate": [1e-4, 2e-4, 3e-4, 4e-4], "epochs": [1, 2, 3]}})
+    spec = spec_with(maxTrials=2, search={"list": [{"learningRate": 1e-4}, {"learningRate": 2e-4}, {"epochs": 3}]})
+    with pytest.raises(planning.PlanError, match=r"3 trials, more than maxTrials=2; narrow the search or raise"):
         planning.plan(spec, "g")
     huge = spec_with(search={"grid": {"learningRate": [i / 1e4 for i in range(1, 101)], "epochs": list(range(1, 101))}})
     huge_seeds = huge.model_copy(update={"search": huge.search.model_copy(update={"seeds": list(range(101))})})

@@ -29,7 +29,7 @@ def test_the_reference_sweep_prepares_features_for_its_seed_and_epochs() -> None
     assert config.cache.features and not config.frames and not config.require_features
     assert config.cache.uri == f"{spec.storage.output.rstrip('/')}/research/cache/"
     assert all(cache.features for cache in prepared.trial_caches.values())
-    assert prepared.job_name.startswith("phase1-prepare-") and len(prepared.job_name) <= 63
+    assert prepared.job_name.startswith("phase1-") and "-prepare-" in prepared.job_name and len(prepared.job_name) <= 63
     # Deterministic: the same sweep gives the same Job, so a restarted operator finds it.
     assert preparation.plan_preparation(spec, "research", "phase1", trials).job_name == prepared.job_name
 

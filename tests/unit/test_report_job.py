@@ -118,7 +118,7 @@ def test_report_job_labels_name_and_owner() -> None:
     assert "lorasweep.dev/trial" not in labels  # never counted as a trial
     assert job["metadata"]["ownerReferences"] == [rendering.owner_reference("phase1", "uid-123")]
     name = job["metadata"]["name"]
-    assert name == rendering.report_job_name("phase1", "uid-123") and name.startswith("phase1-report-")
+    assert name == rendering.report_job_name("phase1", "uid-123") and name == "phase1-2568a-report-23481502b4"
     assert rendering.report_job_name("phase1", "uid-456") != name  # a recreated sweep gets its own
     trials = planning.plan(spec_with(), "phase1")
     assert name not in {trial.job_name for trial in trials}

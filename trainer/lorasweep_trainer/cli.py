@@ -102,12 +102,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def run_trial(cfg: TrialConfig) -> int:
     """One trial in this process: train, publish, leave the termination message; returns the exit code."""
     from lorasweep_trainer.data import DatasetError
+    from lorasweep_trainer.model import ModelUnavailable
     from lorasweep_trainer.results import summarize
     from lorasweep_trainer.train import train
 
     log.info("trial starting trial=%s sweep=%s output=%s", cfg.trial, cfg.sweep, cfg.output)
     try:
         metrics, metrics_uri = train(cfg)
+    except ModelUnavailable as error:
+        return fail(cfg.trial, EXIT_INVALID_CONFIG, "ModelUnavailable", str(error))
     except ConfigError as error:
         return fail(cfg.trial, EXIT_INVALID_CONFIG, "InvalidConfig", str(error))
     except DatasetError as error:
@@ -191,9 +194,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from lorasweep_trainer import model as modeling
 
     # The meta device builds the real module tree without allocating or initialising weights.
-    base = modeling.build_base_model(cfg.model, cfg.dataset.class_names, cfg.seed, device="meta")
-    total = modeling.count_parameters(base)
     try:
+        base = modeling.build_base_model(cfg.model, cfg.dataset.class_names, cfg.seed, device="meta")
+        total = modeling.count_parameters(base)
         trainable = modeling.count_parameters(modeling.apply_lora(base, cfg.training.lora), trainable_only=True)
     except ConfigError as error:
         print(f"invalid trial configuration: {error}", file=sys.stderr)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal, cast
 
 import torch
+from huggingface_hub.errors import HFValidationError
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2VideoProcessor
@@ -62,6 +63,30 @@ PRESETS: dict[str, dict[str, Any]] = {
 # attentive pooler is adapted: V-JEPA2's encoder names its projections query/key/value/proj.
 LORA_MODULES_TO_SAVE = ["classifier"]
 LORA_BIAS: Literal["none"] = "none"
+
+
+class ModelUnavailable(ConfigError):
+    """``from_pretrained`` cannot load ``model.name`` (hub unreachable, HF_HUB_OFFLINE with an empty cache, a wrong
+    name or path): retrying the same pod cannot help (exit 2, reason ModelUnavailable)."""
+
+
+HOW_TO_PROVIDE_WEIGHTS = (
+    "provide the weights: set model.name to a folder in the pod holding a save_pretrained checkpoint "
+    "(config.json and model.safetensors), or fill the Hugging Face cache (HF_HOME) before the trial and keep "
+    "HF_HUB_OFFLINE=1, or let the pod reach huggingface.co; model.preset builds the architecture with random "
+    "weights instead (tests, benchmarks)"
+)
+
+
+@contextlib.contextmanager
+def _loading(name: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, HFValidationError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelUnavailable(
+            f"model.name {name!r} cannot be loaded ({first_line}); {HOW_TO_PROVIDE_WEIGHTS}"
+        ) from error
 
 
 def lora_config(lora: LoraConfig) -> PeftLoraConfig:
@@ -113,10 +138,11 @@ def build_base_model(
         with _seeded(seed), torch.device(device):
             return VJEPA2ForVideoClassification(config)
     if torch.device(device).type == "meta":
-        config = VJEPA2Config.from_pretrained(model.name, **labels)
+        with _loading(model.name):
+            config = VJEPA2Config.from_pretrained(model.name, **labels)
         with torch.device("meta"):
             return VJEPA2ForVideoClassification(config)
-    with _seeded(seed):
+    with _seeded(seed), _loading(model.name):
         # The hub checkpoint's head has other classes (e.g. 174 for SSv2): replace it rather than fail.
         loaded = VJEPA2ForVideoClassification.from_pretrained(model.name, ignore_mismatched_sizes=True, **labels)
     return cast(VJEPA2ForVideoClassification, loaded.to(device))

@@ -3,9 +3,14 @@
 - Reads retry twice over: botocore's standard retry mode handles throttling and connection errors of the
   request; our own loop (exponential backoff with jitter) retries a body that breaks off mid-stream, which
   botocore does not.
-- Writes are complete or absent. S3: one PUT per object (S3 never shows a partial PUT) with ``ContentMD5`` so
-  the server rejects a corrupted body, then the returned ETag is checked against our MD5. Local: write a
-  temporary file in the same folder, fsync, then ``os.replace`` (atomic on POSIX).
+- Writes are complete or absent. S3: the SDK's own checksums (``ChecksumAlgorithm=SHA256``: the server checks
+  the body against the checksum header and rejects a corrupted one), then the checksum the server stored is
+  compared with ours; a mismatch is retried. An ETag is no MD5 under SSE-KMS or SSE-C, so it is never compared.
+  Folders go through the SDK's transfer manager (``upload_file``: streamed from disk, multipart past
+  ``MULTIPART_THRESHOLD``), several files at once. A PUT never shows a partial object and a multipart upload
+  shows none before it completes, so a trainer killed mid-upload leaves nothing under a final key (only an
+  incomplete multipart upload, which a bucket lifecycle rule removes); the retry writes the same keys.
+  Local: write a temporary file in the same folder, fsync, then ``os.replace`` (atomic on POSIX).
 - The endpoint comes from ``AWS_ENDPOINT_URL_S3`` (read by boto3 itself), credentials from the usual chain.
 """
 
@@ -16,13 +21,15 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +38,18 @@ T = TypeVar("T")
 READ_ATTEMPTS = 5
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
+CHECKSUM_ALGORITHM = "SHA256"
+# Trial artifacts (adapters of a few MB, metrics, figures) stay single PUTs; larger files go multipart.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+UPLOAD_CONCURRENCY = 8
 
 
 class StorageError(RuntimeError):
     """A storage operation failed after retries, or a written object did not verify."""
+
+
+class ChecksumMismatch(StorageError):
+    """The server stored other bytes than were sent; the write is tried again."""
 
 
 @dataclass(frozen=True)
@@ -163,35 +178,84 @@ def read_bytes(uri: str) -> bytes:
     return with_retries(f"GET {uri}", get, _transient_read_errors())
 
 
+def _sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(block)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def _verify(uri: str, stored: str | None, expected: str) -> None:
+    if stored is not None and stored != expected:
+        raise ChecksumMismatch(f"PUT {uri} did not verify: stored SHA-256 {stored} != sent {expected}")
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    return (*_transient_read_errors(), ChecksumMismatch)
+
+
 def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-    """Write one object completely or not at all, verified by MD5."""
+    """Write one object completely or not at all, verified by its SHA-256 checksum."""
     if not is_s3(uri):
         _write_local(Path(uri), data)
         return
     bucket, key = split_s3(uri)
-    digest = hashlib.md5(data, usedforsecurity=False)
+    expected = _sha256(data)
 
-    def put() -> Any:
-        return s3_client().put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=data,
-            ContentMD5=base64.b64encode(digest.digest()).decode(),
-            ContentType=content_type,
+    def put() -> None:
+        response = s3_client().put_object(
+            Bucket=bucket, Key=key, Body=data, ContentType=content_type, ChecksumAlgorithm=CHECKSUM_ALGORITHM
         )
+        _verify(uri, response.get("ChecksumSHA256"), expected)
 
-    response = with_retries(f"PUT {uri}", put, _transient_read_errors())
-    etag = str(response.get("ETag", "")).strip('"')
-    if etag != digest.hexdigest():
-        raise StorageError(f"PUT {uri} did not verify: ETag {etag!r} != MD5 {digest.hexdigest()!r}")
+    with_retries(f"PUT {uri}", put, _write_errors())
+
+
+def upload_file(path: Path, uri: str) -> None:
+    """One file through the SDK's transfer manager (streamed, multipart when large), verified like write_bytes."""
+    if not is_s3(uri):
+        _copy_local(path, Path(uri))
+        return
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3(uri)
+    # A multipart object's stored checksum is one of its parts' checksums (each checked by the server as it
+    # arrived), so only a single PUT's is compared with the file's.
+    single = path.stat().st_size < MULTIPART_THRESHOLD
+    expected = _file_sha256(path) if single else ""
+    config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, use_threads=False)
+
+    def put() -> None:
+        client = s3_client()
+        extra = {"ChecksumAlgorithm": CHECKSUM_ALGORITHM}
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
+        if single:
+            head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            _verify(uri, head.get("ChecksumSHA256"), expected)
+
+    with_retries(f"PUT {uri}", put, _write_errors())
 
 
 def _write_local(path: Path, data: bytes) -> None:
+    _replace_local(path, lambda handle: handle.write(data))
+
+
+def _copy_local(source: Path, path: Path) -> None:
+    with source.open("rb") as original:
+        _replace_local(path, lambda handle: shutil.copyfileobj(original, handle))
+
+
+def _replace_local(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -201,13 +265,15 @@ def _write_local(path: Path, data: bytes) -> None:
 
 
 def upload_folder(folder: Path, prefix: str) -> list[str]:
-    """Write every file under ``folder`` to ``prefix`` (same relative names); returns the URIs written."""
-    written = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        uri = join(prefix, path.relative_to(folder).as_posix())
-        write_bytes(uri, path.read_bytes())
-        written.append(uri)
-    return written
+    """Write every file under ``folder`` to ``prefix`` (same relative names), several at once; returns the URIs."""
+    pairs = [
+        (path, join(prefix, path.relative_to(folder).as_posix()))
+        for path in sorted(p for p in folder.rglob("*") if p.is_file())
+    ]
+    with ThreadPoolExecutor(max_workers=UPLOAD_CONCURRENCY, thread_name_prefix="upload") as pool:
+        for done in [pool.submit(upload_file, path, uri) for path, uri in pairs]:
+            done.result()
+    return [uri for _, uri in pairs]
 
 
 def read_bytes_if_exists(uri: str) -> bytes | None:

@@ -1,0 +1,237 @@
+"""Reliability scenarios on the real control plane (the operator as a subprocess with the deploy/rbac token, real
+Jobs run by the Job controller, pods by the dev node agent): Job semantics (permanent exit codes, backoffLimit,
+activeDeadlineSeconds, TTL deletion), bad input reaching the trainer verbatim, an oversized termination message,
+and the operator killed at many points or down while sweeps are created, edited and deleted."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from operator_harness import (
+    OperatorProcess,
+    apply,
+    get_sweep,
+    learning_rates,
+    list_jobs,
+    list_pods,
+    sweep_manifest,
+    wait_phase,
+)
+
+from fixtures_cluster import wait_for
+from lorasweep_operator.status import RESULT_UNREADABLE
+
+pytestmark = pytest.mark.reliability
+
+# Every string a user writes that reaches the trial: shell metacharacters, quotes, newlines, a NUL-free mix.
+HOSTILE = "a; rm -rf / && echo $(id) `id` | tee >/tmp/x 'q' \"dq\" \\ \n second line\t* ? ~ $HOME"
+GROUP_NAME = "lr $(id); `x` 'q'"
+
+# A trial whose behaviour its learningRate chooses, as the trainer's would: 1e-3 succeeds (val_accuracy 1.0 when
+# its argv and group arrived verbatim, else 0.0), 0.3 exits 3 (dataset unusable), 0.4 exits 1 (retryable),
+# 0.5 sleeps past any deadline (a success first sleeps epochs x 0.5 s), 0.6 succeeds with a termination message past the kubelet's 4 KiB.
+BEHAVIOUR = r"""
+import json, os, sys, time
+trial = json.loads(os.environ["LORASWEEP_TRIAL"])
+rate = trial["training"]["learningRate"]
+path = os.environ["LORASWEEP_TERMINATION_LOG"]
+def summary(status, **fields):
+    open(path, "w").write(json.dumps({"trial": trial["trial"], "status": status, **fields}))
+if rate == 0.3:
+    summary("Failed", reason="DatasetUnusable", message="no clips of class sit_down")
+    sys.exit(3)
+if rate == 0.4:
+    summary("Failed", reason="Error", message="RuntimeError: CUDA error")
+    sys.exit(1)
+if rate == 0.5:
+    time.sleep(120)
+if rate == 0.6:
+    summary("Succeeded", metrics={"val_accuracy": 0.9}, message="x" * 6000)
+    sys.exit(0)
+time.sleep(trial["training"]["epochs"] * 0.5)
+if "--gate" in sys.argv:  # trial i (learningRate (i + 1) x 1e-4) finishes once the gate file holds a number > i
+    gate, index = sys.argv[sys.argv.index("--gate") + 1], round(rate / 1e-4) - 1
+    while int(open(gate).read() or 0) <= index:
+        time.sleep(0.05)
+verbatim = sys.argv[1:] == EXPECTED_ARGV and trial.get("group") in (None, "list", EXPECTED_GROUP)
+summary("Succeeded", metrics={"val_accuracy": 1.0 if verbatim else 0.0}, metrics_uri=trial["output"] + "metrics.json")
+"""
+
+
+def behaviour_command(*argv: str) -> list[str]:
+    script = f"EXPECTED_ARGV = {json.dumps(list(argv))}\nEXPECTED_GROUP = {json.dumps(GROUP_NAME)}\n{BEHAVIOUR}"
+    return ["python", "-c", script, *argv]
+
+
+def _rows(status: dict[str, Any]) -> dict[float, dict[str, Any]]:
+    return {row["params"]["learningRate"]: row for row in status["trials"]}
+
+
+def _pods_per_trial(cluster: Any, namespace: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pod in list_pods(cluster, namespace):
+        trial = pod["metadata"]["labels"]["lorasweep.dev/trial"]
+        counts[trial] = counts.get(trial, 0) + 1
+    return counts
+
+
+def test_job_semantics_permanent_codes_backoff_deadline_ttl_and_an_oversized_message(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    argv = ("--note", HOSTILE)
+    retry = sweep_manifest(
+        "retry", namespace, command=behaviour_command(*argv), parallelism=4, maxFailedTrials=10, backoffLimit=1,
+        search=learning_rates(1e-3, 0.3, 0.4, 0.6),
+    )  # fmt: skip
+    deadline = sweep_manifest(
+        "deadline", namespace, command=behaviour_command(*argv), activeDeadlineSeconds=3, maxFailedTrials=10,
+        ttlSecondsAfterFinished=0, search=learning_rates(0.5),
+    )  # fmt: skip
+    assert apply(cluster, retry).returncode == 0 and apply(cluster, deadline).returncode == 0
+
+    status = wait_phase(cluster, namespace, "retry", ("Succeeded", "Failed"), timeout=240)["status"]
+    rows = _rows(status)
+    assert (rows[1e-3]["phase"], rows[1e-3]["objective"]) == ("Succeeded", 1.0), operator.log()  # verbatim
+    assert (rows[0.3]["phase"], rows[0.3]["reason"]) == ("Failed", "DatasetUnusable")
+    assert (rows[0.4]["phase"], rows[0.4]["reason"]) == ("Failed", "Error")
+    assert (rows[0.6]["phase"], rows[0.6]["reason"]) == ("Succeeded", RESULT_UNREADABLE)  # cut at 4 KiB
+    pods = _pods_per_trial(cluster, namespace)
+    assert pods[rows[0.3]["id"]] == 1  # exit 3: never retried although backoffLimit is 1
+    assert pods[rows[0.4]["id"]] == 2  # exit 1: retried once, then backoffLimit is exhausted
+
+    late = wait_phase(cluster, namespace, "deadline", ("Failed", "Succeeded"), timeout=120)["status"]
+    (row,) = late["trials"]
+    assert (row["phase"], row["reason"]) == ("Failed", "DeadlineExceeded"), row
+    # ttlSecondsAfterFinished: 0: the TTL controller deletes the finished Job; the result stays.
+    wait_for(
+        "the TTL controller", lambda: not list_jobs(cluster, namespace, "lorasweep.dev/sweep=deadline"), timeout=90
+    )
+    time.sleep(1)  # the deletion's watch event runs a pass
+    after = get_sweep(cluster, namespace, "deadline")["status"]
+    assert after["trials"] == late["trials"] and after["counts"] == late["counts"]
+    assert not list_jobs(cluster, namespace, "lorasweep.dev/sweep=deadline")  # not relaunched
+
+
+def test_long_dotted_sweep_names_get_valid_labels_and_distinct_job_names(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    prefix = "team.vision.lora-sweeps." + "x" * 50
+    names = (f"{prefix}.run-1", f"{prefix}.run-2", "exp.1", "exp-1")
+    for name in names:
+        assert (
+            apply(
+                cluster, sweep_manifest(name, namespace, command=behaviour_command(), search=learning_rates(1e-3))
+            ).returncode
+            == 0
+        )
+    for name in names:
+        status = wait_phase(cluster, namespace, name, ("Succeeded",), timeout=180)["status"]
+        assert status["counts"]["succeeded"] == 1
+    jobs = list_jobs(cluster, namespace)
+    assert len({job["metadata"]["name"] for job in jobs}) == len(names) == len(jobs)
+    assert all(len(job["metadata"]["labels"]["lorasweep.dev/sweep"]) <= 63 for job in jobs)
+
+
+def test_operator_killed_at_random_points_runs_each_trial_exactly_once(
+    cluster: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.write_text("0")
+    rates = [round(1e-4 * (i + 1), 6) for i in range(12)]
+    command = behaviour_command("--gate", str(gate))
+    manifest = sweep_manifest("chaos", namespace, parallelism=3, command=command, search=learning_rates(*rates))
+    manifest["spec"]["training"] = {"epochs": 1}
+    assert apply(cluster, manifest).returncode == 0
+    rng = random.Random(11)
+    for kill in range(1, 21):
+        # Trials finish a few at a time, so the kills fall between Job creations, finishes and status writes.
+        gate.write_text(str(len(rates) * kill // 20))
+        time.sleep(rng.uniform(0.0, 1.0))
+        operator.kill()
+        operator.start()
+    status = wait_phase(cluster, namespace, "chaos", ("Succeeded",), timeout=180)["status"]
+    assert status["counts"]["succeeded"] == 12 and operator.starts == 21
+    jobs = list_jobs(cluster, namespace)
+    assert sorted(job["metadata"]["labels"]["lorasweep.dev/trial"] for job in jobs) == sorted(
+        row["id"] for row in status["trials"]
+    )
+    assert set(_pods_per_trial(cluster, namespace).values()) == {1}  # no trial ran twice
+
+
+def test_sweeps_created_edited_and_deleted_while_the_operator_is_down_are_reconciled(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    made = sweep_manifest("made", namespace, command=behaviour_command(), search=learning_rates(1e-3, 2e-3))
+    edited = sweep_manifest("edited", namespace, command=behaviour_command(), suspend=True, search=learning_rates(1e-3))
+    gone = sweep_manifest("gone", namespace, command=behaviour_command(), suspend=True, search=learning_rates(1e-3))
+    assert apply(cluster, edited).returncode == 0 and apply(cluster, gone).returncode == 0
+    wait_phase(cluster, namespace, "edited", ("Suspended",))
+    operator.kill()
+    assert apply(cluster, made).returncode == 0
+    cluster.kubectl(
+        "patch", "lsw", "edited", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false,"parallelism":2}}'
+    )
+    # kopf's finalizer (the sweep's timer needs one) holds the deletion until the operator is back.
+    cluster.kubectl("delete", "lsw", "gone", "-n", namespace, "--wait=false")
+    operator.start()
+    wait_for(
+        "the deleted sweep to go",
+        lambda: "gone" not in cluster.kubectl("get", "lsw", "-n", namespace, "-o", "name").stdout,
+        timeout=60,
+    )
+    for name in ("made", "edited"):
+        assert wait_phase(cluster, namespace, name, ("Succeeded",), timeout=180)["status"]["counts"]["succeeded"] >= 1
+    assert get_sweep(cluster, namespace, "edited")["status"]["observedGeneration"] == 2
+    assert not list_jobs(cluster, namespace, "lorasweep.dev/sweep=gone")
+
+
+def test_an_unsatisfiable_gpu_request_leaves_the_trial_pending_with_a_reason_and_no_spinning(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    manifest = sweep_manifest("greedy", namespace, command=behaviour_command(), search=learning_rates(1e-3))
+    manifest["spec"]["resources"] = {"limits": {"cpu": "1", "memory": "512Mi", "nvidia.com/gpu": 64}}
+    assert apply(cluster, manifest).returncode == 0
+
+    def reported() -> dict[str, Any] | None:
+        rows = (get_sweep(cluster, namespace, "greedy").get("status") or {}).get("trials") or []
+        return rows[0] if rows and rows[0].get("reason") == "Unschedulable" else None
+
+    row = wait_for("the scheduler's reason on the trial", reported, timeout=120, interval=0.5)
+    assert row["phase"] == "Pending" and "nvidia.com/gpu" in row["message"], row
+    passes = operator.metric("lorasweep_operator_reconciles_total")
+    time.sleep(5)
+    assert operator.metric("lorasweep_operator_reconciles_total") - passes <= 2  # waits for events, no loop
+    assert len(list_jobs(cluster, namespace)) == 1
+
+
+def test_a_trial_job_deleted_mid_run_is_recreated_and_the_trial_finishes(
+    cluster: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.write_text("0")
+    manifest = sweep_manifest(
+        "victim", namespace, command=behaviour_command("--gate", str(gate)), search=learning_rates(1e-4)
+    )
+    assert apply(cluster, manifest).returncode == 0
+    wait_for(
+        "the trial to run",
+        lambda: any(p["status"].get("phase") == "Running" for p in list_pods(cluster, namespace)),
+        timeout=120,
+    )
+    (job,) = list_jobs(cluster, namespace)
+    cluster.kubectl("delete", "job", job["metadata"]["name"], "-n", namespace, "--cascade=foreground", "--wait=true")
+
+    def recreated() -> bool:
+        return any(j["metadata"]["uid"] != job["metadata"]["uid"] for j in list_jobs(cluster, namespace))
+
+    wait_for("the Job to be recreated", recreated, timeout=60)  # documented: recreated, under the same name
+    gate.write_text("1")
+    status = wait_phase(cluster, namespace, "victim", ("Succeeded",), timeout=120)["status"]
+    assert status["counts"]["succeeded"] == 1 and [j["metadata"]["name"] for j in list_jobs(cluster, namespace)] == [
+        job["metadata"]["name"]
+    ]

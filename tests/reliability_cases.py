@@ -1,0 +1,47 @@
+"""What the reliability tests share between the unit and the integration suites: a small sweep spec, a trial's
+succeeded termination message, and the status of a large sweep whose trials all finished (built by the real,
+pure aggregation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorasweep_operator import planning
+from lorasweep_operator import status as statuses
+from lorasweep_operator.spec import LoraSweepStatus, parse_spec
+from lorasweep_trainer.results import TerminationSummary
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    # A command of its own: these sweeps have no preparation step, their first pass launches trials.
+    return {
+        "image": "trainer:1",
+        "command": ["python", "-m", "trial_stand_in"],
+        "dataset": {"source": "s3://b/clips/"},
+        "search": {"list": [{"learningRate": (i + 1) * 1e-4} for i in range(3)]},
+        "storage": {"output": "s3://b/out/"},
+        "parallelism": 2,
+        **changes,
+    }
+
+
+def succeeded(trial: str, accuracy: float) -> str:
+    return TerminationSummary(trial=trial, status="Succeeded", metrics={"val_accuracy": accuracy}).encode()
+
+
+def finished_status(
+    count: int, name: str = "big", **changes: Any
+) -> tuple[LoraSweepStatus, list[planning.PlannedTrial]]:
+    """The status of a `count`-trial grid sweep whose trials all succeeded, val_accuracy rising with the index."""
+    rates = [round(1e-5 * (i + 1), 8) for i in range(100)]
+    decays = [round(0.001 * (j + 1), 6) for j in range(-(-count // 100))]
+    sweep = parse_spec(spec(search={"grid": {"learningRate": rates, "weightDecay": decays}}, **changes))
+    plan = planning.plan(sweep, name)[:count]
+    jobs = [
+        statuses.ObservedJob(
+            t.job_name, t.id, "Succeeded", summary=TerminationSummary.decode(succeeded(t.id, t.index / count))
+        )
+        for t in plan
+    ]
+    result = statuses.aggregate(sweep, plan, jobs, LoraSweepStatus(), 1, "2025-01-01T00:00:00Z")
+    return result.status, plan
