@@ -46,6 +46,7 @@ __all__ = [
     "Condition",
     "DatasetConfig",
     "Distribution",
+    "EarlyStopping",
     "FromSweep",
     "GridSearch",
     "KIND",
@@ -54,6 +55,7 @@ __all__ = [
     "LoraSweepStatus",
     "ModelConfig",
     "Objective",
+    "OptimizeSearch",
     "RandomSearch",
     "SearchGroup",
     "SearchSpec",
@@ -173,6 +175,13 @@ class SearchSpace(Contract):
     lora: LoraSpace | None = None
 
 
+def _space_named(space: SearchSpace, where: str) -> None:
+    if not space.model_dump(exclude_none=True, exclude={"lora"}) and not (
+        space.lora and space.lora.model_dump(exclude_none=True)
+    ):
+        raise ValueError(f"{where} names no parameter; add one, e.g. learningRate: {{logUniform: ...}}")
+
+
 class RandomSearch(Contract):
     samples: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)]
     seed: int = 0
@@ -180,11 +189,29 @@ class RandomSearch(Contract):
 
     @model_validator(mode="after")
     def _non_empty(self) -> RandomSearch:
-        if not self.space.model_dump(exclude_none=True, exclude={"lora"}) and not (
-            self.space.lora and self.space.lora.model_dump(exclude_none=True)
-        ):
-            raise ValueError("search.random.space names no parameter; add one, e.g. learningRate: {logUniform: ...}")
+        _space_named(self.space, "search.random.space")
         return self
+
+
+class OptimizeSearch(Contract):
+    """Model-based search: each next configuration is proposed from the results so far (Optuna's TPE)."""
+
+    algorithm: Literal["tpe"] = "tpe"
+    trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)]
+    seed: int = 0
+    startup_trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)] | None = Field(
+        default=None, description="trials sampled at random before TPE models the results; default trials / 3, 1-10"
+    )
+    space: SearchSpace
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> OptimizeSearch:
+        _space_named(self.space, "search.optimize.space")
+        return self
+
+    @property
+    def resolved_startup_trials(self) -> int:
+        return self.startup_trials if self.startup_trials is not None else max(1, min(10, self.trials // 3))
 
 
 class LoraGrid(Contract):
@@ -210,9 +237,14 @@ class FromSweep(Contract):
     name: str = Field(min_length=1, max_length=253)
     top: Annotated[int, Field(ge=1, le=100)] = 3
     override: TrainingOverride | None = Field(default=None, description="applied on top of each source trial")
+    refine: bool = Field(
+        default=False,
+        description="also run the neighbours of the top trials: in each top trial's group, the midpoint between "
+        "its two best values (the reference's 'LR=7.5e-4 between the two best, rank between 32 and 64')",
+    )
 
 
-SEARCH_KINDS = ("groups", "grid", "random", "list", "fromSweep")
+SEARCH_KINDS = ("groups", "grid", "random", "list", "fromSweep", "optimize")
 
 
 class SearchSpec(Contract):
@@ -224,6 +256,7 @@ class SearchSpec(Contract):
     random: RandomSearch | None = None
     explicit: list[TrainingOverride] | None = Field(default=None, alias="list", min_length=1)
     from_sweep: FromSweep | None = None
+    optimize: OptimizeSearch | None = None
     seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1, max_length=100)
 
     @model_validator(mode="after")
@@ -235,6 +268,10 @@ class SearchSpec(Contract):
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"search.seeds has duplicates: {self.seeds}")
+        if self.optimize is not None and (len(self.seeds) != 1 or self.include_baseline):
+            raise ValueError(
+                "search.optimize proposes every trial itself: give one seed (search.seeds: [42]) and no includeBaseline"
+            )
         if self.explicit is not None:
             _alpha_with_rank(self.explicit, "search.list")
         names = [group.name for group in self.groups or []]
@@ -244,7 +281,7 @@ class SearchSpec(Contract):
 
     def kinds(self) -> list[str]:
         fields: dict[str, object] = {"groups": self.groups, "grid": self.grid, "random": self.random}
-        fields.update({"list": self.explicit, "fromSweep": self.from_sweep})
+        fields.update({"list": self.explicit, "fromSweep": self.from_sweep, "optimize": self.optimize})
         return [name for name, value in fields.items() if value is not None]
 
     @property
@@ -265,6 +302,18 @@ class Objective(Contract):
     @property
     def resolved_goal(self) -> Goal:
         return self.goal if self.goal is not None else default_goal(self.metric)
+
+
+class EarlyStopping(Contract):
+    """ASHA: at each rung (epoch minEpochs x reductionFactor^k, below the trial's epochs) a trial whose `metric`
+    is worse than the best 1/reductionFactor of every result at that rung is stopped."""
+
+    algorithm: Literal["asha"] = "asha"
+    metric: ObjectiveMetric | None = Field(
+        default=None, description="the per-epoch metric compared; default the objective's"
+    )
+    reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3
+    min_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
 
 
 class Storage(Contract):
@@ -303,6 +352,7 @@ class LoraSweepSpec(Contract):
     training: TrainingConfig = TrainingConfig()
     search: SearchSpec
     objective: Objective = Objective()
+    early_stopping: EarlyStopping | None = None
     storage: Storage
     parallelism: Annotated[int, Field(ge=1, le=1000)] = 1
     max_failed_trials: Annotated[int, Field(ge=0)] = 3
@@ -319,6 +369,14 @@ class LoraSweepSpec(Contract):
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     queue_name: str | None = Field(default=None, description="Kueue LocalQueue; Jobs are created suspended for it")
+
+    def early_stopping_rule(self) -> tuple[str, Goal] | None:
+        """(metric, goal) that ASHA compares, when early stopping is on."""
+        if self.early_stopping is None:
+            return None
+        metric = self.early_stopping.metric or self.objective.metric
+        goal = self.objective.resolved_goal if metric == self.objective.metric else default_goal(metric)
+        return metric, goal
 
     @field_validator("command")
     @classmethod
@@ -337,9 +395,10 @@ class StatusModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
-TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+# Stopped: ended early by spec.earlyStopping (its own phase: it did not fail, it was behind).
+TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
 SweepPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
-TERMINAL_TRIAL_PHASES: tuple[TrialPhase, ...] = ("Succeeded", "Failed")
+TERMINAL_TRIAL_PHASES: tuple[TrialPhase, ...] = ("Succeeded", "Failed", "Stopped")
 TERMINAL_SWEEP_PHASES: tuple[SweepPhase, ...] = ("Succeeded", "Failed")
 
 
@@ -370,13 +429,19 @@ class TrialStatus(StatusModel):
     message: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    epochs_completed: int | None = Field(default=None, description="epochs that reported; set for stopped trials")
 
 
 class TrialOutcome(StatusModel):
     """What survives of every finished trial even when the table keeps only the top ones."""
 
-    phase: Literal["Succeeded", "Failed"]
+    phase: Literal["Succeeded", "Failed", "Stopped"]
     objective: float | None = None
+    intermediate: list[float] | None = Field(
+        default=None, description="the early-stopping metric per epoch (spec.earlyStopping), for later rung decisions"
+    )
+    params: TrainingConfig | None = Field(default=None, description="the trial's configuration (search.optimize)")
+    index: int | None = Field(default=None, description="the proposal's position (search.optimize)")
 
 
 class TrialCounts(StatusModel):
@@ -385,6 +450,7 @@ class TrialCounts(StatusModel):
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+    stopped: int = 0
 
     def by_phase(self) -> dict[str, int]:
         return {phase: getattr(self, phase.lower()) for phase in get_args(TrialPhase)}
