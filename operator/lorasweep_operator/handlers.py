@@ -18,13 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from lorasweep_operator import planning, rendering, telemetry
+from lorasweep_operator import early_stopping, planning, rendering, telemetry
 from lorasweep_operator import status as statuses
 from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
 from lorasweep_operator.report import REPORT_FILE
@@ -54,6 +54,8 @@ class Settings:
 
     kube: Kube | None = None
     write_reports: bool = False
+    # Where trial pods reach the progress endpoint (spec.earlyStopping); None: no early stopping.
+    progress_url: str | None = None
 
 
 SETTINGS = Settings()
@@ -101,6 +103,16 @@ def _kube() -> Kube:
     if SETTINGS.kube is None:
         SETTINGS.kube = Kube.from_environment()
     return SETTINGS.kube
+
+
+def kube() -> Kube:
+    """The operator's API client (made on first use)."""
+    return _kube()
+
+
+def reconcile_soon(namespace: str, name: str) -> None:
+    """A pass for the sweep in a thread of its own (the progress endpoint answers the trainer meanwhile)."""
+    threading.Thread(target=reconcile, args=(namespace, name, "progress"), daemon=True).start()
 
 
 # --- kopf wiring --------------------------------------------------------------------------------------------
@@ -248,7 +260,8 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     )
     try:
         spec = parse_spec(body.get("spec") or {})
-        plan = planning.plan(spec, name, _source_trials(kube, current, spec))
+        # search.optimize plans from its recorded trials: after the Jobs are read, below.
+        plan = planning.plan(spec, name, _source_trials(kube, current, spec)) if spec.search.optimize is None else []
     except SpecError as error:
         _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now()))
         if current.previous.observed_generation != current.generation:
@@ -258,18 +271,29 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
 
     jobs: list[statuses.ObservedJob] = []
     reports: list[statuses.ObservedJob] = []
+    bodies: list[dict[str, Any]] = []
     for job in kube.list_jobs(namespace, rendering.sweep_selector(name)):
         if ObjectMeta.of(job).owned_by(current.uid):
             (reports if rendering.is_report(job) else jobs).append(statuses.observe_job(job))
+            bodies.append(job)
     report_name = rendering.report_job_name(name, current.uid)
     report_job = next((job for job in reports if job.name == report_name), None)
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
+    if spec.search.optimize is not None:
+        try:
+            plan = planning.plan(spec, name, history=statuses.recorded(spec, bodies, jobs, current.previous))
+        except SpecError as error:
+            _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now()))
+            raise Invalid(str(error)) from None
+    if spec.early_stopping is not None:
+        jobs = _stop_early(kube, current, spec, plan, jobs)
 
     launched = []
     for trial in statuses.launches(spec, plan, jobs, current.previous):
-        if kube.create_job(rendering.render_job(spec, namespace, name, current.uid, trial)):
+        job_body = rendering.render_job(spec, namespace, name, current.uid, trial, SETTINGS.progress_url)
+        if kube.create_job(job_body):
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
         jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending"))
@@ -285,7 +309,8 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
             )
         )
 
-    result = statuses.aggregate(spec, plan, jobs, current.previous, current.generation, now())
+    total = spec.search.optimize.trials if spec.search.optimize is not None else None
+    result = statuses.aggregate(spec, plan, jobs, current.previous, current.generation, now(), total=total)
     new = result.status
     current.events.extend(result.events)
     if statuses.report_due(new):
@@ -303,6 +328,35 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         written,
     )
     return new
+
+
+def _stop_early(
+    kube: Kube, current: Pass, spec: LoraSweepSpec, plan: list[planning.PlannedTrial], jobs: list[statuses.ObservedJob]
+) -> list[statuses.ObservedJob]:
+    """Make the rung decisions due (pure), record them on the trial Jobs, and end the Jobs of stopped trials: their
+    deadline cut to 1 s, so the Job controller fails them and deletes their pods (the GPU is freed at once)."""
+    rule = statuses.stopping_rule(spec)
+    assert rule is not None
+    decisions = early_stopping.decide(rule, statuses.histories(spec, plan, jobs, current.previous))
+    if not decisions:
+        return jobs
+    by_trial = {job.trial: job for job in jobs}
+    changed: dict[str, statuses.ObservedJob] = {}
+    for decision in decisions:
+        job = changed.get(decision.trial) or by_trial[decision.trial]
+        changed[decision.trial] = replace(job, decisions={**job.decisions, decision.rung: decision.to_json()})
+    for trial, job in changed.items():
+        text = json.dumps({str(rung): value for rung, value in sorted(job.decisions.items())}, separators=(",", ":"))
+        patch: dict[str, Any] = {"metadata": {"annotations": {rendering.EARLY_STOPPING_ANNOTATION: text}}}
+        if job.stop_decision is not None:
+            patch["spec"] = {"activeDeadlineSeconds": 1}
+        kube.patch_job(current.namespace, job.name, patch)
+        if (stopped := job.stop_decision) is not None:
+            log.info(
+                "trial stopped namespace=%s sweep=%s trial=%s rung=%d cutoff=%s compared=%s",
+                current.namespace, current.name, trial, stopped[0], stopped[1]["cutoff"], stopped[1]["compared"],
+            )  # fmt: skip
+    return [changed.get(job.trial, job) for job in jobs]
 
 
 def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[TrialStatus]:

@@ -545,8 +545,7 @@ def _ask(
         sampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=search.resolved_startup_trials, constant_liar=True
         )
-        direction = "maximize" if spec.objective.resolved_goal == "maximize" else "minimize"
-        study = optuna.create_study(direction=direction, sampler=sampler)
+        study = optuna.create_study(direction=spec.objective.resolved_goal, sampler=sampler)
         for trial in sorted(known, key=lambda item: item.index):
             params = {".".join(path): _value_of(trial.training, path) for path, _, _ in axes}
             if not all(_inside(distributions[name], value) for name, value in params.items()):

@@ -437,7 +437,7 @@ class TrialOutcome(StatusModel):
 
     phase: Literal["Succeeded", "Failed", "Stopped"]
     objective: float | None = None
-    intermediate: list[float] | None = Field(
+    intermediate: list[float | None] | None = Field(
         default=None, description="the early-stopping metric per epoch (spec.earlyStopping), for later rung decisions"
     )
     params: TrainingConfig | None = Field(default=None, description="the trial's configuration (search.optimize)")

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
+DEFAULT_PROGRESS_PORT = 8082
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--health-port", type=int, default=DEFAULT_HEALTH_PORT, help="liveness endpoint /healthz port (0 turns it off)"
     )
     parser.add_argument(
+        "--progress-port",
+        type=int,
+        default=DEFAULT_PROGRESS_PORT,
+        help="port of the progress endpoint (POST /v1/progress) where trainers report each epoch for "
+        "spec.earlyStopping (0 turns it off)",
+    )
+    parser.add_argument(
+        "--progress-url",
+        default=None,
+        help="the progress endpoint's URL as trial pods reach it, e.g. http://lorasweep.lorasweep-system.svc:8082"
+        "/v1/progress; without it sweeps with spec.earlyStopping run every trial to the end",
+    )
+    parser.add_argument(
         "--write-reports",
         action="store_true",
         help="write each finished sweep's report to its storage.output itself (the operator then needs S3 access); "
@@ -48,15 +62,22 @@ def run(args: argparse.Namespace) -> int:
     from lorasweep_operator import handlers, telemetry
 
     handlers.SETTINGS.write_reports = bool(args.write_reports)
+    if args.progress_port and args.progress_url:
+        from lorasweep_operator import progress_endpoint
+
+        handlers.SETTINGS.progress_url = args.progress_url
+        endpoint = progress_endpoint.ProgressEndpoint(handlers.kube(), handlers.reconcile_soon)
+        progress_endpoint.serve(endpoint, args.progress_port)
     clusterwide = bool(args.all_namespaces or not args.namespace)
     if args.metrics_port:
         telemetry.serve(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     log.info(
-        "operator starting namespaces=%s metrics_port=%s health_port=%s",
+        "operator starting namespaces=%s metrics_port=%s health_port=%s progress_url=%s",
         "*" if clusterwide else ",".join(args.namespace),
         args.metrics_port,
         args.health_port,
+        handlers.SETTINGS.progress_url,
     )
     kopf.run(
         standalone=True,
