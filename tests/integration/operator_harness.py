@@ -56,6 +56,18 @@ def install_crd(cluster: Any) -> None:
     cluster.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd/lorasweeps.lorasweep.dev")
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "role.yaml"))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "user_roles.yaml"))
+    token_review_role = yaml.safe_load_all((RBAC / "token_review.yaml").read_text())
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(next(token_review_role)))
+
+
+def allow_token_reviews(cluster: Any, namespace: str) -> Callable[[], None]:
+    """deploy/rbac/token_review.yaml's binding for this namespace's operator; returns its undo (cluster-scoped)."""
+    name = f"lorasweep-token-review-{namespace}"
+    cluster.kubectl(
+        "create", "clusterrolebinding", name, "--clusterrole=lorasweep-operator-token-review",
+        f"--serviceaccount={namespace}:{OPERATOR_ACCOUNT}",
+    )  # fmt: skip
+    return lambda: cluster.kubectl("delete", "clusterrolebinding", name, "--ignore-not-found", check=False)
 
 
 def bind_operator(cluster: Any, namespace: str) -> None:
@@ -73,7 +85,7 @@ class OperatorProcess:
         self.namespace = namespace
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
-        self.metrics_port, self.health_port = free_ports(2)
+        self.metrics_port, self.health_port, self.progress_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -83,11 +95,17 @@ class OperatorProcess:
         argv = [
             str(LORASWEEP), "-v", "operator", "--namespace", self.namespace,
             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
+            "--progress-port", str(self.progress_port), "--progress-url", self.progress_url,
         ]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for("the operator's liveness endpoint", self.healthy, timeout=60)
+
+    @property
+    def progress_url(self) -> str:
+        """The progress endpoint as trial pods reach it: the test node runs them on this host."""
+        return f"http://127.0.0.1:{self.progress_port}/v1/progress"
 
     def healthy(self) -> bool:
         assert self.process is not None
