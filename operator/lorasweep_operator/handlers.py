@@ -110,9 +110,9 @@ def kube() -> Kube:
     return _kube()
 
 
-def reconcile_soon(namespace: str, name: str) -> None:
-    """A pass for the sweep in a thread of its own (the progress endpoint answers the trainer meanwhile)."""
-    threading.Thread(target=reconcile, args=(namespace, name, "progress"), daemon=True).start()
+def reconcile_progress(namespace: str, name: str) -> None:
+    """The pass after a progress report, in the endpoint's request thread: its rung decisions are the answer."""
+    reconcile(namespace, name, "progress")
 
 
 # --- kopf wiring --------------------------------------------------------------------------------------------

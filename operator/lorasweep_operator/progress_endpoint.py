@@ -112,8 +112,18 @@ class ProgressEndpoint:
         else:
             raise Refused(503, "the trial Job kept changing; report again")
         log.info("progress recorded namespace=%s job=%s epoch=%d", namespace, job_name, report.epoch)
+        if stopped:
+            return {"recorded": True, "stop": True, "reason": "stopped early by an earlier rung decision"}
+        # The pass decides now, so the answer can tell the trainer to stop before it starts another epoch.
         self.on_recorded(namespace, owner.name)
-        return {"recorded": True, "stop": stopped}
+        job = self.kube.get_job(namespace, job_name) or job
+        decision = _read((job["metadata"].get("annotations") or {}).get(EARLY_STOPPING_ANNOTATION)).get(
+            str(report.epoch)
+        )
+        if decision and decision.get("stop"):
+            reason = f"stopped at epoch {report.epoch}: below the rung's cutoff {decision.get('cutoff')}"
+            return {"recorded": True, "stop": True, "reason": reason}
+        return {"recorded": True, "stop": False}
 
 
 def _read(text: str | None) -> dict[str, Any]:
@@ -124,8 +134,11 @@ def _read(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def serve(endpoint: ProgressEndpoint, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - pods reach it
-    """Serve `endpoint` on ``POST /v1/progress`` in a daemon thread."""
+Handle = Callable[[str, bytes], dict[str, Any]]  # (bearer token, body) -> the answer; raises Refused
+
+
+def serve(handle: Handle, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - pods reach it
+    """Serve `handle` on ``POST /v1/progress`` in a daemon thread (port 0: any free port, see server_address)."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the name http.server calls
@@ -142,7 +155,7 @@ def serve(endpoint: ProgressEndpoint, port: int, host: str = "0.0.0.0") -> Threa
             header = self.headers.get("Authorization") or ""
             token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
             try:
-                answer = endpoint.handle(token, self.rfile.read(length))
+                answer = handle(token, self.rfile.read(length))
             except Refused as refused:
                 log.warning("progress refused code=%d problem=%s", refused.code, refused)
                 self._answer(refused.code, {"error": str(refused)})

@@ -6,6 +6,10 @@ POSTs each epoch's record there as JSON, with the pod's projected ServiceAccount
 TokenReview. The pod needs no Kubernetes API rights. Without the URL nothing is sent; a report that cannot
 be delivered is logged and dropped: it never fails the trial (it then runs its epochs to the end).
 
+The answer says whether the trial has been stopped at this epoch's rung; then `report_epoch` raises
+`TrialStopped` and the trainer exits with ``EXIT_STOPPED`` at once, before another epoch (the operator ends its
+Job too; this only saves the time until the pod is gone). `lorasweep run` serves the same endpoint locally.
+
 No torch here: the operator imports `ProgressReport` as the contract.
 """
 
@@ -39,6 +43,10 @@ ATTEMPTS = 3
 TIMEOUT_SECONDS = 10.0
 
 
+class TrialStopped(Exception):
+    """The sweep's early stopping ended this trial at the epoch just reported."""
+
+
 class ProgressReport(Contract):
     """One epoch of one trial, as the trainer sends it."""
 
@@ -54,7 +62,7 @@ class ProgressReport(Contract):
 
 
 def report_epoch(cfg: TrialConfig, record: EpochMetrics) -> None:
-    """Send `record` to the operator when it asked for progress; never raises."""
+    """Send `record` to the operator when it asked for progress; raises only `TrialStopped`."""
     url = os.environ.get(PROGRESS_URL_ENV)
     if not url:
         return
@@ -72,6 +80,8 @@ def report_epoch(cfg: TrialConfig, record: EpochMetrics) -> None:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
                 answer = json.loads(response.read() or b"{}")
             log.info("progress reported epoch=%d stop=%s", record.epoch, answer.get("stop"))
+            if answer.get("stop") is True:
+                raise TrialStopped(answer.get("reason") or f"stopped early at epoch {record.epoch}")
             return
         except urllib.error.HTTPError as error:
             if 400 <= error.code < 500:

@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
         from lorasweep_operator import progress_endpoint
 
         handlers.SETTINGS.progress_url = args.progress_url
-        endpoint = progress_endpoint.ProgressEndpoint(handlers.kube(), handlers.reconcile_soon)
-        progress_endpoint.serve(endpoint, args.progress_port)
+        endpoint = progress_endpoint.ProgressEndpoint(handlers.kube(), handlers.reconcile_progress)
+        progress_endpoint.serve(endpoint.handle, args.progress_port)
     clusterwide = bool(args.all_namespaces or not args.namespace)
     if args.metrics_port:
         telemetry.serve(args.metrics_port)

@@ -21,6 +21,7 @@ class State(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DONE_BEFORE = "done before"
+    STOPPED = "stopped"  # ended early by spec.earlyStopping
 
 
 @dataclass
@@ -75,8 +76,9 @@ def _duration(seconds: float) -> str:
 
 def counts(trials: Sequence[TrialProgress]) -> str:
     by_state = Counter(t.state for t in trials)
-    order = (State.RUNNING, State.PENDING, State.SUCCEEDED, State.FAILED, State.DONE_BEFORE)
-    return ", ".join(f"{by_state[s]} {s.value}" for s in order if by_state[s] or s is not State.DONE_BEFORE)
+    order = (State.RUNNING, State.PENDING, State.SUCCEEDED, State.FAILED, State.STOPPED, State.DONE_BEFORE)
+    optional = (State.DONE_BEFORE, State.STOPPED)
+    return ", ".join(f"{by_state[s]} {s.value}" for s in order if by_state[s] or s not in optional)
 
 
 def render(sweep: str, trials: Sequence[TrialProgress], now: float) -> list[str]:
