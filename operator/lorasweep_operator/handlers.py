@@ -297,6 +297,9 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
         jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending"))
+    if launched and spec.early_stopping is not None and not SETTINGS.progress_url:
+        message = "spec.earlyStopping is set but this operator has no --progress-url: trials run every epoch"
+        current.events.append(statuses.Event("Warning", "EarlyStoppingUnavailable", message))
     if launched:
         log.info("trial jobs created namespace=%s sweep=%s count=%d", namespace, name, len(launched))
         current.events.append(

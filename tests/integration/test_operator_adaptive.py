@@ -224,3 +224,49 @@ def test_tpe_sweep_survives_an_operator_restart_with_the_same_proposals(
     assert {row["group"] for row in status["trials"]} == {"optimize"}
     assert all(outcome["index"] is not None for outcome in status["outcomes"].values())
     assert get_sweep(cluster, namespace, "tpe")["status"]["counts"] == status["counts"]
+
+
+# One rule, one place: the API server (CEL and schema) and the pydantic models refuse the same adaptive sweeps.
+ADAPTIVE_BAD = [
+    pytest.param(
+        {
+            "search": {
+                "optimize": {"trials": 4, "space": {"learningRate": {"logUniform": {"min": 1e-4, "max": 1e-2}}}},
+                "seeds": [1, 2],
+            }
+        },
+        "search.optimize proposes every trial itself",
+        id="optimize-two-seeds",
+    ),
+    pytest.param(
+        {"search": {"optimize": {"trials": 4, "space": {}}}},
+        "search.optimize.space names no parameter",
+        id="optimize-empty-space",
+    ),
+    pytest.param(
+        {"search": {"optimize": {"trials": 4, "space": {"learningRate": {"choice": [1e-3]}}}, "list": [{"epochs": 1}]}},
+        "search needs exactly one of groups, grid, random, list, fromSweep, optimize",
+        id="optimize-and-list",
+    ),
+    pytest.param({"earlyStopping": {"reductionFactor": 1}}, "reductionFactor", id="reduction-factor-1"),
+    pytest.param({"earlyStopping": {"algorithm": "median"}}, "algorithm", id="unknown-algorithm"),
+]
+
+
+@pytest.mark.usefixtures("crd")
+@pytest.mark.parametrize(("changes", "message"), ADAPTIVE_BAD)
+def test_api_server_and_models_refuse_the_same_adaptive_sweeps(
+    cluster: Any, namespace: str, changes: dict[str, Any], message: str
+) -> None:
+    from lorasweep_operator.spec import SpecError, parse_spec
+
+    manifest = sweep_manifest("bad", namespace, search={"list": [{"learningRate": 1e-3}]})
+    manifest["spec"].update(changes)
+    result = apply(cluster, manifest)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    with pytest.raises(SpecError, match=message):
+        parse_spec(manifest["spec"])
+    good = sweep_manifest("good", namespace, search={"fromSweep": {"name": "phase1", "refine": True}})
+    good["spec"]["earlyStopping"] = {"metric": "val_loss", "reductionFactor": 2, "minEpochs": 2}
+    assert apply(cluster, good).returncode == 0
+    assert parse_spec(get_sweep(cluster, namespace, "good")["spec"]) == parse_spec(good["spec"])
