@@ -10,6 +10,7 @@ epochs trained and the best validation accuracy found (the best trial's best epo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import json
@@ -86,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lorasweep_operator.bench_adaptive", description=__doc__)
     parser.add_argument("--clips-per-action", type=int, default=12, help="synthetic clips per NTU action")
     parser.add_argument("--parallel", type=int, default=2, help="trials at once")
+    parser.add_argument("--work", type=Path, default=None, help="keep clips and both runs here (default: a temp dir)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="lorasweep-bench-") as scratch:
-        clips = Path(scratch) / "clips"
+    with contextlib.ExitStack() as stack:
+        scratch = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lorasweep-bench-")))
+        clips = scratch / "clips"
         synth = [*trainer_command("synth"), str(clips), "--actions", ACTIONS]
         subprocess.run([*synth, "--clips-per-action", str(args.clips_per_action)], check=True, capture_output=True)
         results = [
-            run_one(manifest(clips, args.clips_per_action, stopping), Path(scratch) / name, args.parallel)
+            run_one(manifest(clips, args.clips_per_action, stopping), scratch / name, args.parallel)
             for name, stopping in (("full", False), ("asha", True))
         ]
     print(
