@@ -7,9 +7,11 @@ it continues when it is among the best ``max(1, n // reductionFactor)`` of those
 continue), else it is stopped. A missing or NaN value counts as the worst.
 
 Decisions are recorded once and never revisited (a trial let through at rung 1 is not stopped later because of
-results that came after it: ASHA's promotions are final). Undecided rungs are decided together, each against the
-same set of results, so the outcome depends on the results only, never on the order of events or passes: a
-restarted operator that reads the same results and recorded decisions makes the same decisions.
+results that came after it: ASHA's promotions are final). A late result, one for a rung below a rung the trial
+has already passed, is compared against but not decided on; a rung whose report was lost is skipped and the next
+rung decides. Undecided rungs are decided together, each against the same set of results, so the outcome depends
+on the results only, never on the order of events or passes: a restarted operator that reads the same results
+and recorded decisions makes the same decisions.
 """
 
 from __future__ import annotations
