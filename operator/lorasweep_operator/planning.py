@@ -375,17 +375,7 @@ def plan(
             if identity in seen:
                 continue
             seen[identity] = group
-            trials.append(
-                PlannedTrial(
-                    index=len(trials),
-                    id=identity,
-                    job_name=job_name(sweep, identity),
-                    group=group,
-                    variant=describe(spec.training, training),
-                    training=training,
-                    seed=seed,
-                )
-            )
+            trials.append(planned(spec, sweep, len(trials), identity, group, training, seed))
     if len(trials) > spec.max_trials:
         raise PlanError(
             f"the search expands to {len(trials):,} trials, more than maxTrials={spec.max_trials:,}; "
@@ -446,14 +436,14 @@ def proposal_id(training: TrainingConfig, seed: int, index: int) -> str:
     return short_hash(f"{trial_id(training, seed)}:{index}")
 
 
-def _planned(
-    spec: LoraSweepSpec, sweep: str, index: int, identity: str, training: TrainingConfig, seed: int
+def planned(
+    spec: LoraSweepSpec, sweep: str, index: int, identity: str, group: str, training: TrainingConfig, seed: int
 ) -> PlannedTrial:
     return PlannedTrial(
         index=index,
         id=identity,
         job_name=job_name(sweep, identity),
-        group=OPTIMIZE,
+        group=group,
         variant=describe(spec.training, training),
         training=training,
         seed=seed,
@@ -467,7 +457,7 @@ def optimize_plan(spec: LoraSweepSpec, sweep: str, history: Sequence[Recorded]) 
     recorded: dict[int, Recorded] = {}
     for trial in sorted(history, key=lambda item: item.index):
         recorded.setdefault(trial.index, trial)
-    trials = [_planned(spec, sweep, r.index, r.id, r.training, r.seed) for r in recorded.values()]
+    trials = [planned(spec, sweep, r.index, r.id, OPTIMIZE, r.training, r.seed) for r in recorded.values()]
     in_flight = sum(1 for r in recorded.values() if r.phase not in TERMINAL_TRIAL_PHASES)
     room = min(spec.parallelism - in_flight, search.trials - len(recorded))
     known = list(recorded.values())
@@ -476,7 +466,7 @@ def optimize_plan(spec: LoraSweepSpec, sweep: str, history: Sequence[Recorded]) 
     for _ in range(max(0, room)):
         training = propose(spec, known, index)
         identity = proposal_id(training, seed, index)
-        trials.append(_planned(spec, sweep, index, identity, training, seed))
+        trials.append(planned(spec, sweep, index, identity, OPTIMIZE, training, seed))
         known.append(Recorded(index, identity, training, seed, "Pending"))
         index += 1
     return trials

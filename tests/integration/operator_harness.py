@@ -51,6 +51,34 @@ open(path, "w").write(json.dumps({"trial": trial["trial"], "status": "Succeeded"
 """
 
 
+SAMPLE = ROOT / "deploy" / "samples" / "tiny-cpu-sweep.yaml"
+
+
+def tiny_trainer_sweep(cluster: Any, namespace: str, name: str, s3_server: Any, s3_bucket: str) -> dict[str, Any]:
+    """The shipped tiny CPU sample for the real trainer, made smaller still: synthetic clips in `s3_bucket` (three
+    actions, four clips each), the server's credentials in Secret ``s3``, results under ``s3://<bucket>/sweeps/``."""
+    bin_dir = Path(sys.executable).parent
+    synth = [str(bin_dir / "lorasweep-trainer"), "synth", f"s3://{s3_bucket}/clips/", "--actions", "8,9,23"]
+    env = {**s3_server.env, "PATH": str(bin_dir)}
+    subprocess.run([*synth, "--clips-per-action", "4"], check=True, capture_output=True, env=env)
+    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
+    cluster.kubectl(
+        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
+    )
+    manifest: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    spec = manifest["spec"]
+    spec["dataset"].update(
+        source=f"s3://{s3_bucket}/clips/", classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videosPerClass=4
+    )
+    spec["storage"] = {
+        "output": f"s3://{s3_bucket}/sweeps/",
+        "endpoint": s3_server.endpoint_url,
+        "credentialsSecret": "s3",
+    }
+    return manifest
+
+
 def install_crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd/lorasweeps.lorasweep.dev")

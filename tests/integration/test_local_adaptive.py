@@ -5,16 +5,14 @@ resumes with the same ones."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from test_local_runner import processes_using, tiny_sweep
+from test_local_runner import interrupt_after_a_trial, processes_using, synthetic_clips, tiny_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +21,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("clips")
-    subprocess.run(
-        [BIN / "lorasweep-trainer", "synth", str(folder), "--actions", "8,9,23", "--clips-per-action", "4"],
-        check=True,
-        capture_output=True,
-    )
-    return folder
+    return synthetic_clips(tmp_path_factory.mktemp("clips"))
 
 
 def records(out: Path, name: str) -> dict[str, dict[str, Any]]:
@@ -87,15 +79,7 @@ def test_local_tpe_resumes_with_the_proposals_it_recorded(tmp_path: Path, clips:
     out = tmp_path / "out"
     command = [str(BIN / "lorasweep"), "run", str(path), "--out", str(out), "--device", "cpu"]
 
-    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("trials/*/metrics.json")):
-        assert runner.poll() is None, runner.communicate()[0]
-        assert time.monotonic() < deadline, "no trial finished within 300 s"
-        time.sleep(0.5)
-    runner.send_signal(signal.SIGINT)
-    first, _ = runner.communicate(timeout=120)
-    assert runner.returncode == 130, first
+    interrupt_after_a_trial(command, out)
     before = {record["index"]: (trial, record["training"]) for trial, record in records(out, "proposal.json").items()}
     assert 2 <= len(before) < 4, before
 

@@ -6,7 +6,6 @@ to its end through an operator killed midway, with no duplicate and no changed p
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from operator_harness import (
     OperatorProcess,
     allow_token_reviews,
@@ -23,6 +21,7 @@ from operator_harness import (
     list_jobs,
     list_pods,
     sweep_manifest,
+    tiny_trainer_sweep,
     wait_phase,
 )
 
@@ -51,21 +50,8 @@ def annotations(job: dict[str, Any], key: str) -> dict[str, Any]:
 def test_asha_stops_the_trials_behind_at_the_first_rung(
     cluster: Any, namespace: str, operator: OperatorProcess, token_reviews: None, s3_server: Any, s3_bucket: str
 ) -> None:
-    subprocess.run(
-        [str(BIN / "lorasweep-trainer"), "synth", f"s3://{s3_bucket}/clips/", "--actions", "8,9,23",
-         "--clips-per-action", "4"],
-        check=True, capture_output=True, env={**s3_server.env, "PATH": str(BIN)},
-    )  # fmt: skip
-    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
-    cluster.kubectl(
-        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
-    )
-    manifest = yaml.safe_load(SAMPLE.read_text())
-    manifest["metadata"] = {"name": "asha", "namespace": namespace}
+    manifest = tiny_trainer_sweep(cluster, namespace, "asha", s3_server, s3_bucket)
     spec = manifest["spec"]
-    spec["dataset"].update(
-        source=f"s3://{s3_bucket}/clips/", classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videosPerClass=4
-    )
     spec["training"].update(epochs=3)
     spec["search"] = {"list": [{"learningRate": rate} for rate in RATES]}
     # val_loss, not val_accuracy: a handful of validation clips gives accuracies that tie, losses do not.

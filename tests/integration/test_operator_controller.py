@@ -58,7 +58,15 @@ def test_parallelism_2_with_5_trials_never_runs_more_than_2_and_succeeds(
     assert conditions["Complete"] == ("True", "AllTrialsFinished")
     assert conditions["SpecValid"] == ("True", "Valid")
     table = cluster.kubectl("get", "lsw", "par", "-n", namespace).stdout.splitlines()
-    assert table[1].split()[1:8] == ["Succeeded", "5", "5", "0", "0", "0", "0.5"]  # phase, trials, succeeded, failed, stopped, running, best
+    assert table[1].split()[1:8] == [
+        "Succeeded",
+        "5",
+        "5",
+        "0",
+        "0",
+        "0",
+        "0.5",
+    ]  # phase, trials, succeeded, failed, stopped, running, best
     reasons = events(cluster, namespace, "par")
     assert {"TrialsLaunched", "TrialSucceeded", "NewBest", "AllTrialsFinished"} <= set(reasons)
     assert operator.metric("lorasweep_operator_jobs_created_total", namespace=namespace, sweep="par") == 5
