@@ -18,7 +18,7 @@ import json
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -424,7 +424,7 @@ class Recorded:
     seed: int
     phase: TrialPhase
     objective: float | None = None
-    intermediate: tuple[float, ...] = ()
+    intermediate: Mapping[int, float] = field(default_factory=dict)  # epoch -> the early-stopping metric
 
 
 DUPLICATE_ATTEMPTS = 20
@@ -540,7 +540,7 @@ def _ask(
             params = {".".join(path): _value_of(trial.training, path) for path, _, _ in axes}
             if not all(_inside(distributions[name], value) for name, value in params.items()):
                 continue  # outside the space as it is now: not evidence about it
-            intermediate = dict(enumerate(trial.intermediate, start=1))
+            intermediate = dict(trial.intermediate)
             if trial.phase == "Succeeded" and trial.objective is not None and math.isfinite(trial.objective):
                 state, value = TrialState.COMPLETE, trial.objective
             elif trial.phase == "Stopped":

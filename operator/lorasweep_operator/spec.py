@@ -38,6 +38,7 @@ SHORT_NAME = "lsw"
 DEFAULT_COMMAND = ("lorasweep-trainer", "train")
 DEFAULT_MAX_TRIALS = 10_000
 DEFAULT_SEEDS = (42,)
+MAX_OPTIMIZE_TRIALS = 1000
 GPU_RESOURCE = "nvidia.com/gpu"
 
 __all__ = [
@@ -197,7 +198,8 @@ class OptimizeSearch(Contract):
     """Model-based search: each next configuration is proposed from the results so far (Optuna's TPE)."""
 
     algorithm: Literal["tpe"] = "tpe"
-    trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)]
+    # Each finished proposal keeps its configuration in status.outcomes: 1,000 stay far below the object size limit.
+    trials: Annotated[int, Field(ge=1, le=MAX_OPTIMIZE_TRIALS)]
     seed: int = 0
     startup_trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)] | None = Field(
         default=None, description="trials sampled at random before TPE models the results; default trials / 3, 1-10"
@@ -437,8 +439,10 @@ class TrialOutcome(StatusModel):
 
     phase: Literal["Succeeded", "Failed", "Stopped"]
     objective: float | None = None
-    intermediate: list[float | None] | None = Field(
-        default=None, description="the early-stopping metric per epoch (spec.earlyStopping), for later rung decisions"
+    rungs: dict[int, float] | None = Field(
+        default=None,
+        description="the early-stopping metric at each rung epoch the trial reached (spec.earlyStopping), for later "
+        "rung decisions; rungs only, so a 10,000-trial sweep's status stays small",
     )
     params: TrainingConfig | None = Field(default=None, description="the trial's configuration (search.optimize)")
     index: int | None = Field(default=None, description="the proposal's position (search.optimize)")

@@ -437,16 +437,18 @@ def aggregate(
 
 def _outcome(spec: LoraSweepSpec, trial: PlannedTrial, row: TrialStatus, job: ObservedJob | None) -> TrialOutcome:
     """What is kept of a finished trial: what later rung decisions and proposals need besides phase and objective."""
-    rule = spec.early_stopping_rule()
-    intermediate = None
+    rule = stopping_rule(spec)
+    rungs = None
     if rule is not None and job is not None and job.progress:
-        reported = {epoch: metrics.get(rule[0]) for epoch, metrics in job.progress.items()}
-        intermediate = [_finite(reported.get(epoch)) for epoch in range(1, max(job.progress) + 1)]
+        reported = _reported(job, rule.metric)
+        rungs = {
+            epoch: reported[epoch] for epoch in early_stopping.rungs(rule, trial.training.epochs) if epoch in reported
+        }
     optimize = spec.search.optimize is not None
     return TrialOutcome(
         phase=row.phase,
         objective=row.objective,
-        intermediate=intermediate,
+        rungs=rungs,
         params=trial.training if optimize else None,
         index=trial.index if optimize else None,
     )
@@ -465,7 +467,7 @@ def recorded(
             seed = rows[trial_id].seed if trial_id in rows else spec.search.seeds[0]
             found[trial_id] = Recorded(
                 outcome.index, trial_id, outcome.params, seed, outcome.phase, outcome.objective,
-                tuple(value for value in outcome.intermediate or () if value is not None),
+                dict(outcome.rungs or {}),
             )  # fmt: skip
     for body in jobs:
         metadata = body.get("metadata") or {}
@@ -480,12 +482,16 @@ def recorded(
         if seen.phase == "Succeeded" and seen.summary is not None and seen.summary.status == "Succeeded":
             objective = seen.summary.metrics.get(spec.objective.metric)
         rule = spec.early_stopping_rule()
-        reported = [_finite(seen.progress[epoch].get(rule[0])) for epoch in sorted(seen.progress)] if rule else []
-        values = tuple(value for value in reported if value is not None)
+        values = _reported(seen, rule[0]) if rule else {}
         found[seen.trial] = Recorded(
             int(index), seen.trial, config.training, config.seed, seen.phase, objective, values
         )
     return sorted(found.values(), key=lambda item: item.index)
+
+
+def _reported(job: ObservedJob, metric: str) -> dict[int, float]:
+    """`metric` of each epoch the Job's trial reported (finite values only)."""
+    return {epoch: v for epoch, m in job.progress.items() if (v := _finite(m.get(metric))) is not None}
 
 
 def _finite(value: Any) -> float | None:
@@ -514,12 +520,12 @@ def histories(
         job = by_trial.get(trial.id)
         outcome = previous.outcomes.get(trial.id)
         if job is not None:
-            values = {e: v for e, m in job.progress.items() if (v := _finite(m.get(rule.metric))) is not None}
+            values = _reported(job, rule.metric)
             decided = {rung: bool(d.get("stop")) for rung, d in job.decisions.items()}
             finished = job.phase in ("Succeeded", "Failed") or outcome is not None
             found[trial.id] = early_stopping.History(trial.training.epochs, values, decided, finished)
         elif outcome is not None:
-            values = {e: v for e, v in enumerate(outcome.intermediate or (), start=1) if v is not None}
+            values = dict(outcome.rungs or {})
             found[trial.id] = early_stopping.History(trial.training.epochs, values, {}, finished=True)
     return found
 

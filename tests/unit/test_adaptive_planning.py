@@ -100,7 +100,7 @@ def test_a_whole_sweep_proposes_n_distinct_trials_inside_the_space_and_replays_e
 def test_stopped_and_failed_trials_are_evidence_but_not_results() -> None:
     spec = optimize_spec(trials=6, parallelism=1)
     first = planning.plan(spec, "tpe")
-    stopped = [Recorded(0, first[0].id, first[0].training, 42, "Stopped", None, (0.1,))]
+    stopped = [Recorded(0, first[0].id, first[0].training, 42, "Stopped", None, {1: 0.1})]
     failed = [Recorded(0, first[0].id, first[0].training, 42, "Failed")]
     after_stopped = planning.plan(spec, "tpe", history=stopped)
     after_failed = planning.plan(spec, "tpe", history=failed)

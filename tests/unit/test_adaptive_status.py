@@ -49,7 +49,7 @@ def test_a_stopped_trial_has_its_own_phase_last_metrics_and_reason() -> None:
         "total": 3, "pending": 0, "running": 1, "succeeded": 0, "failed": 1, "stopped": 1,
     }  # fmt: skip
     assert new.status.outcomes[plan[1].id].phase == "Stopped"
-    assert new.status.outcomes[plan[1].id].intermediate == [0.2]
+    assert new.status.outcomes[plan[1].id].rungs == {1: 0.2}
     assert "TrialStopped" in [event.reason for event in new.events]
     assert "1 stopped early" in (new.status.message or "")
 
@@ -69,7 +69,7 @@ def test_a_sweep_whose_trials_all_ended_or_stopped_has_succeeded() -> None:
     assert [row.phase for row in new.trials] == ["Succeeded", "Stopped"]
     # Jobs gone (ttlSecondsAfterFinished): the outcomes still tell ASHA what each trial reported.
     histories = status.histories(spec, plan, [], new)
-    assert histories[plan[0].id].values == {1: 0.8, 2: 0.9, 3: 0.9} and histories[plan[1].id].values == {1: 0.2}
+    assert histories[plan[0].id].values == {1: 0.8} and histories[plan[1].id].values == {1: 0.2}  # rungs only
     assert all(history.finished for history in histories.values())
 
 
