@@ -8,6 +8,10 @@ plus four groups plans exactly its 11 trials.
 
 A trial's id is a hash of its resolved training parameters and seed: the same configuration always gets
 the same id, so a restarted operator finds the Jobs it already made (`job_name`, `label_value`).
+
+search.optimize is planned as it goes (`optimize_plan`): the proposals recorded so far, by proposal index, then
+the next ones TPE asks for; its ids also hash the index (`proposal_id`). fromSweep with ``refine`` adds, after
+the top trials, their groups' midpoint neighbours (`neighbours`).
 """
 
 from __future__ import annotations
@@ -276,9 +280,9 @@ def neighbours(finished: Sequence[TrialStatus], top: int) -> list[Configuration]
         if group in seen or group == BASELINE:
             continue
         seen.add(group)
-        candidates = [trial for trial in finished if trial.group == group] + ([baseline] if baseline else [])
+        candidates = [trial for trial in finished if trial.group == group or trial is baseline]
         best = candidates[0]  # `finished` is best first, ties in plan order
-        if baseline is not None and best.objective == baseline.objective:
+        if baseline is not None and (best is baseline or best.objective == baseline.objective):
             continue  # no better than where the group started: nothing to refine
         centre = _values(best.params)
         others = [(trial, _differing(centre, trial.params)) for trial in candidates[1:]]

@@ -199,3 +199,10 @@ def test_refine_skips_groups_no_better_than_the_baseline() -> None:
     table = reference_table()
     # Top 8 reaches alpha-ratio (best 66.67% = the baseline's) and dropout (a tie with it): nothing to refine there.
     assert [group for group, _ in planning.neighbours(table, top=8)] == ["lora-rank", "learning-rate"]
+
+
+def test_refine_skips_a_group_whose_best_is_the_baseline_itself() -> None:
+    table = reference_table()
+    # The learning-rate group without its two winners: 2e-4 (the baseline) is then its best.
+    worse = [row for row in table if row.id not in ("ref-lr-1e-3", "ref-lr-5e-4")]
+    assert [group for group, _ in planning.neighbours(worse, top=len(worse))] == ["lora-rank"]
