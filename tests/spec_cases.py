@@ -77,9 +77,15 @@ GOOD = [
     Case("grid-at-the-cap", _search(grid={"learningRate": [round(1e-5 * (i + 1), 8) for i in range(100)],
                                           "weightDecay": [round(0.001 * j, 6) for j in range(100)]})),
     Case("objective-val-loss", lambda spec: spec.update(objective={"metric": "val_loss", "goal": "minimize"})),
+    Case("packing", lambda spec: spec.update(packing=4, featureCache="off")),
 ]  # fmt: skip
 
 BAD = [
+    Case(
+        "early-stopping-with-packing",
+        lambda spec: spec.update(packing=2, earlyStopping={"algorithm": "asha"}),
+        text="with packing above 1 would end the other trials",
+    ),
     Case(
         "negative-learning-rate",
         lambda spec: spec["training"].update(learningRate=-1e-4),

@@ -19,13 +19,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from lorasweep_operator import planning, rendering, telemetry
+from lorasweep_operator import early_stopping, planning, rendering, telemetry
 from lorasweep_operator import policy as policies
 from lorasweep_operator import preparation as preparations
 from lorasweep_operator import status as statuses
@@ -64,6 +64,8 @@ class Settings:
     write_reports: bool = False
     # What the operator may put in a Job on a sweep author's behalf (the chart's policy.* values).
     policy: policies.JobPolicy = field(default_factory=policies.JobPolicy)
+    # Where trial pods reach the progress endpoint (spec.earlyStopping); None: no early stopping.
+    progress_url: str | None = None
 
 
 SETTINGS = Settings()
@@ -111,6 +113,16 @@ def _kube() -> Kube:
     if SETTINGS.kube is None:
         SETTINGS.kube = Kube.from_environment()
     return SETTINGS.kube
+
+
+def kube() -> Kube:
+    """The operator's API client (made on first use)."""
+    return _kube()
+
+
+def reconcile_progress(namespace: str, name: str) -> None:
+    """The pass after a progress report, in the endpoint's request thread: its rung decisions are the answer."""
+    reconcile(namespace, name, "progress")
 
 
 # --- kopf wiring --------------------------------------------------------------------------------------------
@@ -260,7 +272,8 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         spec = parse_spec(body.get("spec") or {})
         policies.check(spec, SETTINGS.policy)  # every Job of this pass is rendered from this spec
         source = _source_trials(kube, current, spec)
-        plan = planning.plan(spec, name, source)
+        # search.optimize plans from its recorded trials: after the Jobs are read, below.
+        plan = planning.plan(spec, name, source) if spec.search.optimize is None else []
     except SpecError as error:
         reason = "NotAllowedByPolicy" if isinstance(error, policies.PolicyError) else "InvalidSpec"
         _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now(), reason))
@@ -271,11 +284,14 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
 
     if spec.search.from_sweep is not None and current.previous.source_trials is None:
         # Frozen before any Job exists: later passes plan from it, whatever becomes of the source.
-        current.previous = current.previous.model_copy(update={"source_trials": source[: spec.search.from_sweep.top]})
+        # refine compares with the source's baseline and runners-up: it keeps them all (at most FROM_SWEEP_TOP_MAX).
+        taken = source if spec.search.from_sweep.refine else source[: spec.search.from_sweep.top]
+        current.previous = current.previous.model_copy(update={"source_trials": taken})
         kube.patch_status(namespace, name, current.previous.to_patch())
 
     jobs: list[statuses.ObservedJob] = []
     others: dict[str, statuses.ObservedJob] = {}  # the report and preparation Jobs, by name
+    bodies: list[dict[str, Any]] = []  # the trial Jobs as the API returned them (search.optimize's history)
     for job in kube.list_jobs(namespace, rendering.sweep_selector(name)):
         if ObjectMeta.of(job).owned_by(current.uid):
             if rendering.component(job) in (rendering.REPORT_COMPONENT, preparations.COMPONENT):
@@ -283,6 +299,7 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
                 others[observed.name] = observed
             else:
                 jobs.extend(statuses.observe_jobs(job))
+                bodies.append(job)
     report_job = others.get(rendering.report_job_name(name, current.uid))
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
@@ -291,6 +308,14 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
             jobs = statuses.with_summaries(jobs, recover_results(spec, current, jobs))
     if any(not job.terminal for job in jobs):
         jobs = statuses.with_pending_reasons(jobs, statuses.unschedulable(pods.get()))
+    if spec.search.optimize is not None:
+        try:
+            plan = planning.plan(spec, name, history=statuses.recorded(spec, bodies, jobs, current.previous))
+        except SpecError as error:
+            _write(kube, current, statuses.invalid(current.previous, str(error), current.generation, now()))
+            raise Invalid(str(error)) from None
+    if spec.early_stopping is not None:
+        jobs = _stop_early(kube, current, spec, plan, jobs)
 
     # No preparation for a command of the user's own, nor once every trial has finished (a sweep from before
     # preparation steps existed).
@@ -318,6 +343,9 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
                     trial.job_name, trial.id, "Pending", reason=JOB_NOT_OWNED, message=problem, packed=packed
                 )
             )
+    if launched and spec.early_stopping is not None and not SETTINGS.progress_url:
+        message = "spec.earlyStopping is set but this operator has no --progress-url: trials run every epoch"
+        current.events.append(statuses.Event("Warning", "EarlyStoppingUnavailable", message))
     if launched:
         log.info("trial jobs created namespace=%s sweep=%s count=%d", namespace, name, len(launched))
         current.events.append(
@@ -330,7 +358,8 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
             )
         )
 
-    result = statuses.aggregate(spec, plan, jobs, current.previous, current.generation, now())
+    total = spec.search.optimize.trials if spec.search.optimize is not None else None
+    result = statuses.aggregate(spec, plan, jobs, current.previous, current.generation, now(), total=total)
     if preparation is None:  # what the preparation left is kept, as the trials' outcomes are
         new = result.status.model_copy(update={"preparation": current.previous.preparation})
     else:
@@ -358,7 +387,7 @@ def _render_trial_job(
 ) -> dict[str, Any]:
     """The Job of ``trial``: its own, or with spec.packing > 1 its pack's (every plan member of that Job)."""
     if spec.packing == 1:
-        return rendering.render_job(spec, current.namespace, current.name, current.uid, trial)
+        return rendering.render_job(spec, current.namespace, current.name, current.uid, trial, SETTINGS.progress_url)
     members = [member for member in plan if member.job_name == trial.job_name]
     return rendering.render_pack_job(spec, current.namespace, current.name, current.uid, members)
 
@@ -425,6 +454,35 @@ def recover_results(
         )
         recovered[job.trial] = summarize(metrics, uri)
     return recovered
+
+
+def _stop_early(
+    kube: Kube, current: Pass, spec: LoraSweepSpec, plan: list[planning.PlannedTrial], jobs: list[statuses.ObservedJob]
+) -> list[statuses.ObservedJob]:
+    """Make the rung decisions due (pure), record them on the trial Jobs, and end the Jobs of stopped trials: their
+    deadline cut to 1 s, so the Job controller fails them and deletes their pods (the GPU is freed at once)."""
+    rule = statuses.stopping_rule(spec)
+    assert rule is not None
+    decisions = early_stopping.decide(rule, statuses.histories(spec, plan, jobs, current.previous))
+    if not decisions:
+        return jobs
+    by_trial = {job.trial: job for job in jobs}
+    changed: dict[str, statuses.ObservedJob] = {}
+    for decision in decisions:
+        job = changed.get(decision.trial) or by_trial[decision.trial]
+        changed[decision.trial] = replace(job, decisions={**job.decisions, decision.rung: decision.to_json()})
+    for trial, job in changed.items():
+        text = json.dumps({str(rung): value for rung, value in sorted(job.decisions.items())}, separators=(",", ":"))
+        patch: dict[str, Any] = {"metadata": {"annotations": {rendering.EARLY_STOPPING_ANNOTATION: text}}}
+        if job.stop_decision is not None:
+            patch["spec"] = {"activeDeadlineSeconds": 1}
+        kube.patch_job(current.namespace, job.name, patch)
+        if (stopped := job.stop_decision) is not None:
+            log.info(
+                "trial stopped namespace=%s sweep=%s trial=%s rung=%d cutoff=%s compared=%s",
+                current.namespace, current.name, trial, stopped[0], stopped[1]["cutoff"], stopped[1]["compared"],
+            )  # fmt: skip
+    return [changed.get(job.trial, job) for job in jobs]
 
 
 def _source_trials(kube: Kube, current: Pass, spec: LoraSweepSpec) -> list[SourceTrial]:

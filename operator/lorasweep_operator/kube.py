@@ -219,6 +219,42 @@ class Kube:
                 return items
             query = {**query, "continue": token}
 
+    def _get(self, resource: str, path: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = self._request("get", resource, "GET", path)
+        except ApiError as error:
+            if error.code == 404:
+                return None
+            raise
+        return body
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get("jobs", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}")
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get("pods", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch; with metadata.resourceVersion in it, a 409 says someone else wrote first."""
+        path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}"
+        body: dict[str, Any] = self._request(
+            "patch", "jobs", "PATCH", path, body=dict(patch), content_type="application/merge-patch+json"
+        )
+        return body
+
+    def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """A TokenReview's status: who the API server says holds `token`, for which audiences."""
+        review = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
+        body = self._request(
+            "create", "tokenreviews", "POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=review
+        )
+        status: dict[str, Any] = body.get("status") or {}
+        return status
+
     def create_job(self, body: Mapping[str, Any]) -> bool:
         """Create the Job; False when it already exists (a previous pass or operator made it)."""
         path = f"/apis/batch/v1/namespaces/{body['metadata']['namespace']}/jobs"

@@ -10,6 +10,10 @@ A trial's id is a hash of its resolved training parameters and seed: the same co
 the same id, so a restarted operator finds the Jobs it already made (`job_name`, `label_value`). A Job's name
 also carries a hash of the sweep's name, so two sweeps in one namespace never share a Job name (``exp.1`` and
 ``exp-1``, or two long names with one prefix, would otherwise meet 409 on each other's Jobs forever).
+
+search.optimize is planned as it goes (`optimize_plan`): the proposals recorded so far, by proposal index, then
+the next ones TPE asks for; its ids also hash the index (`proposal_id`). fromSweep with ``refine`` adds, after
+the top trials, their groups' midpoint neighbours (`neighbours`).
 """
 
 from __future__ import annotations
@@ -20,19 +24,22 @@ import json
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from lorasweep_operator.spec import (
     DEFAULT_MAX_TRIALS,
+    TERMINAL_TRIAL_PHASES,
     Distribution,
     LoraSweepSpec,
+    SearchSpace,
     SourceTrial,
     SpecError,
     TrainingConfig,
     TrainingOverride,
+    TrialPhase,
     TrialStatus,
 )
 from lorasweep_trainer.config import CacheConfig, TrialConfig, trial_output
@@ -56,6 +63,8 @@ PARAMETERS: tuple[tuple[tuple[str, ...], bool], ...] = (
 )
 
 BASELINE = "baseline"
+OPTIMIZE = "optimize"
+REFINE = "refine"
 
 
 class PlanError(SpecError):
@@ -209,11 +218,8 @@ def sample(distribution: Distribution, rng: random.Random, integer: bool) -> flo
     return round(value) if integer else float(f"{value:.6g}")
 
 
-def _random(spec: LoraSweepSpec) -> Iterator[Configuration]:
-    search = spec.search.random
-    assert search is not None
-    rng = random.Random(search.seed)
-    space = search.space
+def space_distributions(space: SearchSpace) -> list[tuple[tuple[str, ...], bool, Distribution]]:
+    """The space's distributions as (camelCase path, integer?, distribution), in `PARAMETERS` order."""
     distributions: list[tuple[tuple[str, ...], bool, Distribution]] = []
     for path, integer in PARAMETERS:
         node: Any = space
@@ -221,6 +227,14 @@ def _random(spec: LoraSweepSpec) -> Iterator[Configuration]:
             node = getattr(node, _snake(key), None) if node is not None else None
         if node is not None:
             distributions.append((path, integer, node))
+    return distributions
+
+
+def _random(spec: LoraSweepSpec) -> Iterator[Configuration]:
+    search = spec.search.random
+    assert search is not None
+    rng = random.Random(search.seed)
+    distributions = space_distributions(search.space)
     for index in range(search.samples):
         changes: dict[str, Any] = {}
         for path, integer, distribution in distributions:
@@ -249,6 +263,70 @@ def _from_sweep(spec: LoraSweepSpec, source: Sequence[TrialStatus | SourceTrial]
     for rank, trial in enumerate(finished[: search.top], start=1):
         where = f"search.fromSweep.override on {search.name} trial {trial.id}"
         yield trial.group or f"top-{rank}", apply_override(trial.params, search.override, where)
+    if search.refine:
+        for group, training in neighbours(finished, search.top):
+            where = f"search.fromSweep.override on {search.name}'s {group} neighbour"
+            yield f"{REFINE}-{group}", apply_override(training, search.override, where)
+
+
+def neighbours(finished: Sequence[TrialStatus | SourceTrial], top: int) -> list[Configuration]:
+    """For each group holding one of the `top` best trials (best first): a configuration at the midpoint of its
+    group's two best values, where the group's best beats the source's baseline.
+
+    A group's candidates are its trials plus the baseline (the value every one-factor group moves from). The
+    runner-up is the next best whose values differ; among equal objectives the one nearest the best (in the
+    parameters that differ, relative to the best's values) is taken. The midpoint is arithmetic per parameter that
+    differs (integers rounded): learning rates 5e-4 and 1e-3 give 7.5e-4; ranks 32/64 with alphas 64/128 give
+    48/96. `finished` is best first, as the source's trial table is."""
+    baseline = next((trial for trial in finished if trial.group == BASELINE), None)
+    found: list[Configuration] = []
+    seen: set[str] = set()
+    for leader in finished[:top]:
+        group = leader.group or ""
+        if group in seen or group == BASELINE:
+            continue
+        seen.add(group)
+        candidates = [trial for trial in finished if trial.group == group or trial is baseline]
+        best = candidates[0]  # `finished` is best first, ties in plan order
+        if baseline is not None and (best is baseline or best.objective == baseline.objective):
+            continue  # no better than where the group started: nothing to refine
+        centre = _values(best.params)
+        others = [(trial, _differing(centre, trial.params)) for trial in candidates[1:]]
+        others = [(trial, changes) for trial, changes in others if changes]
+        if not others:
+            continue
+        level = others[0][0].objective
+        _, far = min(
+            ((trial, changes) for trial, changes in others if trial.objective == level),
+            key=lambda item: _distance(centre, item[1]),
+        )
+        changes: dict[str, Any] = {}
+        for path, integer in PARAMETERS:
+            key = ".".join(path)
+            if key in far:
+                middle = (float(centre[key]) + float(far[key])) / 2
+                changes = _merge(changes, _nested(path, round(middle) if integer else float(f"{middle:.6g}")))
+        if changes:
+            where = f"the {group} neighbour ({describe_changes(changes)})"
+            found.append((group, apply_changes(best.params, changes, where)))
+    return found
+
+
+def _values(training: TrainingConfig) -> dict[str, Any]:
+    return _flatten(training.model_dump(mode="json", by_alias=True))
+
+
+def _differing(centre: Mapping[str, Any], training: TrainingConfig) -> dict[str, Any]:
+    """The searchable parameters where `training` differs from `centre`, with `training`'s values."""
+    values = _values(training)
+    keys = {".".join(path) for path, _ in PARAMETERS}
+    return {key: values[key] for key in keys if values[key] != centre.get(key)}
+
+
+def _distance(centre: Mapping[str, Any], changes: Mapping[str, Any]) -> float:
+    return sum(
+        abs(float(value) - float(centre[key])) / abs(float(centre[key]) or 1.0) for key, value in changes.items()
+    )
 
 
 def upper_bound(spec: LoraSweepSpec) -> int:
@@ -263,15 +341,25 @@ def upper_bound(spec: LoraSweepSpec) -> int:
         configs = search.random.samples
     elif search.explicit is not None:
         configs = len(search.explicit)
+    elif search.optimize is not None:
+        configs = search.optimize.trials
     else:
         assert search.from_sweep is not None
-        configs = search.from_sweep.top
+        configs = search.from_sweep.top * (2 if search.from_sweep.refine else 1)
     return (configs + int(search.baseline_included())) * len(search.seeds)
 
 
-def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus | SourceTrial] = ()) -> list[PlannedTrial]:
+def plan(
+    spec: LoraSweepSpec,
+    sweep: str,
+    source: Sequence[TrialStatus | SourceTrial] = (),
+    history: Sequence[Recorded] = (),
+) -> list[PlannedTrial]:
     """The sweep's trials in launch order. `source`: the fromSweep sweep's results, best first
-    (`status.source_results`, frozen in status.sourceTrials once the sweep starts)."""
+    (`status.source_results`, frozen in status.sourceTrials once the sweep starts); `history` the trials
+    search.optimize proposed so far (see `optimize_plan`)."""
+    if spec.search.optimize is not None:
+        return packed(optimize_plan(spec, sweep, history), sweep, spec.packing)
     bound = upper_bound(spec)
     if bound > MATERIALISE_LIMIT:
         raise PlanError(
@@ -301,17 +389,7 @@ def plan(spec: LoraSweepSpec, sweep: str, source: Sequence[TrialStatus | SourceT
             if identity in seen:
                 continue
             seen[identity] = group
-            trials.append(
-                PlannedTrial(
-                    index=len(trials),
-                    id=identity,
-                    job_name=job_name(sweep, identity),
-                    group=group,
-                    variant=describe(spec.training, training),
-                    training=training,
-                    seed=seed,
-                )
-            )
+            trials.append(planned(spec, sweep, len(trials), identity, group, training, seed))
     if len(trials) > spec.max_trials:
         raise PlanError(
             f"the search expands to {len(trials):,} trials, more than maxTrials={spec.max_trials:,}; "
@@ -361,3 +439,175 @@ def trial_config(
         output=trial_output(root, namespace, sweep, trial.id),
         cache=cache,
     )
+
+
+# --- search.optimize ------------------------------------------------------------------------------------------
+#
+# No hidden state: the proposals made so far are the trials the sweep recorded (its Jobs, and the outcomes of
+# those whose Jobs are gone), and the next ones come from a study rebuilt from them with a sampler seeded by
+# (search seed, proposal index). The same record therefore gives the same next proposals, in any process.
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A trial search.optimize proposed earlier, as the sweep recorded it."""
+
+    index: int
+    id: str
+    training: TrainingConfig
+    seed: int
+    phase: TrialPhase
+    objective: float | None = None
+    intermediate: Mapping[int, float] = field(default_factory=dict)  # epoch -> the early-stopping metric
+
+
+DUPLICATE_ATTEMPTS = 20
+
+
+def proposal_id(training: TrainingConfig, seed: int, index: int) -> str:
+    """An optimize trial is its proposal: the index is part of its identity, so one configuration proposed
+    twice (a small discrete space) runs twice instead of colliding."""
+    return short_hash(f"{trial_id(training, seed)}:{index}")
+
+
+def planned(
+    spec: LoraSweepSpec, sweep: str, index: int, identity: str, group: str, training: TrainingConfig, seed: int
+) -> PlannedTrial:
+    return PlannedTrial(
+        index=index,
+        id=identity,
+        job_name=job_name(sweep, identity),
+        group=group,
+        variant=describe(spec.training, training),
+        training=training,
+        seed=seed,
+    )
+
+
+def optimize_plan(spec: LoraSweepSpec, sweep: str, history: Sequence[Recorded]) -> list[PlannedTrial]:
+    """The proposals recorded so far (by index) plus the next ones, as many as `parallelism` leaves room for."""
+    search = spec.search.optimize
+    assert search is not None
+    recorded: dict[int, Recorded] = {}
+    for trial in sorted(history, key=lambda item: item.index):
+        recorded.setdefault(trial.index, trial)
+    trials = [planned(spec, sweep, r.index, r.id, OPTIMIZE, r.training, r.seed) for r in recorded.values()]
+    in_flight = sum(1 for r in recorded.values() if r.phase not in TERMINAL_TRIAL_PHASES)
+    room = min(spec.parallelism - in_flight, search.trials - len(recorded))
+    known = list(recorded.values())
+    seed = spec.search.seeds[0]
+    index = max(recorded, default=-1) + 1
+    for _ in range(max(0, room)):
+        training = propose(spec, known, index)
+        identity = proposal_id(training, seed, index)
+        trials.append(planned(spec, sweep, index, identity, OPTIMIZE, training, seed))
+        known.append(Recorded(index, identity, training, seed, "Pending"))
+        index += 1
+    return trials
+
+
+def propose(spec: LoraSweepSpec, known: Sequence[Recorded], index: int) -> TrainingConfig:
+    """Proposal `index` from TPE over `known` (running ones told to the sampler as running: constant liar).
+    A configuration already known is asked again with the next sampler seed, a few times, then taken."""
+    search = spec.search.optimize
+    assert search is not None
+    axes = space_distributions(search.space)
+    taken = {trial_id(r.training, r.seed) for r in known}
+    training = spec.training
+    for attempt in range(DUPLICATE_ATTEMPTS):
+        values = _ask(spec, axes, known, int(short_hash(f"{search.seed}:{index}:{attempt}", 8), 16))
+        changes: dict[str, Any] = {}
+        for (path, _, _), value in zip(axes, values, strict=True):
+            changes = _merge(changes, _nested(path, value))
+        training = apply_changes(
+            spec.training, changes, f"search.optimize proposal {index} ({describe_changes(changes)})"
+        )
+        if trial_id(training, spec.search.seeds[0]) not in taken:
+            break
+    return training
+
+
+def _optuna_distribution(distribution: Distribution, integer: bool) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if distribution.choice is not None:
+        choices = [round(value) if integer else value for value in distribution.choice]
+        return CategoricalDistribution(tuple(dict.fromkeys(choices)))
+    span = distribution.uniform or distribution.log_uniform
+    assert span is not None
+    log = distribution.log_uniform is not None
+    if integer:
+        return IntDistribution(math.ceil(span.min), math.floor(span.max), log=log)
+    return FloatDistribution(span.min, span.max, log=log)
+
+
+def _value_of(training: TrainingConfig, path: tuple[str, ...]) -> Any:
+    node: Any = training.model_dump(mode="json", by_alias=True)
+    for key in path:
+        node = node[key]
+    return node
+
+
+def _ask(
+    spec: LoraSweepSpec,
+    axes: Sequence[tuple[tuple[str, ...], bool, Distribution]],
+    known: Sequence[Recorded],
+    seed: int,
+) -> list[Any]:
+    import warnings
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    search = spec.search.optimize
+    assert search is not None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    distributions = {".".join(path): _optuna_distribution(d, integer) for path, integer, d in axes}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant_liar is "experimental"
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=search.resolved_startup_trials, constant_liar=True
+        )
+        study = optuna.create_study(direction=spec.objective.resolved_goal, sampler=sampler)
+        for trial in sorted(known, key=lambda item: item.index):
+            params = {".".join(path): _value_of(trial.training, path) for path, _, _ in axes}
+            if not all(_inside(distributions[name], value) for name, value in params.items()):
+                continue  # outside the space as it is now: not evidence about it
+            intermediate = dict(trial.intermediate)
+            if trial.phase == "Succeeded" and trial.objective is not None and math.isfinite(trial.objective):
+                state, value = TrialState.COMPLETE, trial.objective
+            elif trial.phase == "Stopped":
+                state, value = TrialState.PRUNED, None
+            elif trial.phase in TERMINAL_TRIAL_PHASES:
+                state, value = TrialState.FAIL, None
+            else:
+                state, value = TrialState.RUNNING, None
+            study.add_trial(
+                create_trial(
+                    params=params,
+                    distributions=distributions,
+                    value=value,
+                    state=state,
+                    intermediate_values=intermediate,
+                )
+            )
+        asked = study.ask(distributions)
+    values = []
+    for path, integer, _ in axes:
+        name = ".".join(path)
+        value = asked.params[name]
+        if not integer and not isinstance(distributions[name], CategoricalDistribution):
+            # 6 significant digits like search.random, kept inside the range the rounding may step out of
+            low, high = distributions[name].low, distributions[name].high
+            value = min(max(float(f"{float(value):.6g}"), low), high)
+        values.append(int(value) if integer else float(value))
+    return values
+
+
+def _inside(distribution: Any, value: Any) -> bool:
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    return bool(distribution.low <= value <= distribution.high)

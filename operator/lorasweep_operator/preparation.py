@@ -84,6 +84,9 @@ def plan_preparation(
 ) -> Preparation:
     uri = cache_uri or cache_root(spec.storage.output, namespace)
     caches = {trial.id: _cache(uri, spec, trial) for trial in trials}
+    # Every LoRA config the spec can make (search.optimize proposes its trials later: their targets are known now).
+    blocked = [feature_cache_blocker(lora) is not None for _, lora in spec.lora_configs()]
+    blocked += [not cache.features for cache in caches.values()]
     seeds = sorted({*spec.search.seeds, *(trial.seed for trial in trials)})
     epochs = max([spec.training.epochs, *(trial.training.epochs for trial in trials)])
     config = PrepareConfig(
@@ -93,8 +96,8 @@ def plan_preparation(
         dataset=spec.dataset,
         seeds=tuple(seeds),
         epochs=epochs,
-        cache=CacheConfig(uri=uri, features=any(c.features for c in caches.values())),
-        frames=any(not c.features for c in caches.values()),
+        cache=CacheConfig(uri=uri, features=spec.feature_cache != "off" and not all(blocked)),
+        frames=spec.feature_cache == "off" or any(blocked),
         require_features=spec.feature_cache == "on",
     )
     # The name changes with what is prepared (an edit of spec.training.epochs prepares the new epochs).

@@ -33,6 +33,7 @@ from lorasweep_trainer.config import (
     TRIALS_FOLDER,
     sweep_output,
 )
+from lorasweep_trainer.progress import AUDIENCE, PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV
 
 CONTAINER = "trainer"
 REPORT_CONTAINER = "report"
@@ -42,6 +43,9 @@ GROUP_ANNOTATION = "lorasweep.dev/group"
 VARIANT_ANNOTATION = "lorasweep.dev/variant"
 INDEX_ANNOTATION = "lorasweep.dev/index"
 TRIALS_ANNOTATION = "lorasweep.dev/trials"  # a pack's members, in order
+# spec.earlyStopping: the metrics each epoch reported, and the rung decisions, as {"<epoch>": {...}} JSON.
+PROGRESS_ANNOTATION = "lorasweep.dev/progress"
+EARLY_STOPPING_ANNOTATION = "lorasweep.dev/early-stopping"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 APP_LABELS = {
     "app.kubernetes.io/name": "lorasweep",
@@ -199,18 +203,42 @@ def _failure_policy(container: str, permanent: Sequence[int]) -> dict[str, Any]:
     }
 
 
+PROGRESS_VOLUME = "lorasweep-progress-token"
+PROGRESS_MOUNT = "/var/run/secrets/lorasweep.dev/progress"
+PROGRESS_TOKEN_FILE = "token"
+PROGRESS_TOKEN_SECONDS = 3600
+
+
+def _progress(pod: dict[str, Any], container: dict[str, Any], progress_url: str) -> None:
+    """Per-epoch results to the operator's progress endpoint (spec.earlyStopping), authenticated by a projected
+    ServiceAccount token of audience `lorasweep` that the kubelet rotates. The token grants nothing on the API
+    server (wrong audience) and the pod keeps automountServiceAccountToken off."""
+    container["env"] += [
+        {"name": PROGRESS_URL_ENV, "value": progress_url},
+        {"name": PROGRESS_TOKEN_ENV, "value": f"{PROGRESS_MOUNT}/{PROGRESS_TOKEN_FILE}"},
+    ]
+    container["volumeMounts"] = [{"name": PROGRESS_VOLUME, "mountPath": PROGRESS_MOUNT, "readOnly": True}]
+    token = {"audience": AUDIENCE, "expirationSeconds": PROGRESS_TOKEN_SECONDS, "path": PROGRESS_TOKEN_FILE}
+    pod["volumes"] = [{"name": PROGRESS_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}]
+
+
 def render_job(
     spec: LoraSweepSpec,
     namespace: str,
     sweep: str,
     sweep_uid: str,
     trial: PlannedTrial,
+    progress_url: str | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`, reading the preparation's cache."""
+    """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`, reading the preparation's cache;
+    `progress_url`: the operator's progress endpoint, given to the trainer when the sweep stops trials early."""
     config = trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
     env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
     container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
     container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
+    pod = _pod_spec(spec, container)
+    if progress_url and spec.early_stopping is not None:
+        _progress(pod, container, progress_url)
     labels = trial_labels(sweep, trial)
     job_labels = dict(labels)
     if spec.queue_name:
@@ -222,7 +250,7 @@ def render_job(
         "podFailurePolicy": _failure_policy(CONTAINER, PERMANENT_EXIT_CODES),
         "template": {
             "metadata": {"labels": labels},
-            "spec": _pod_spec(spec, container),
+            "spec": pod,
         },
     }
     if spec.active_deadline_seconds is not None:

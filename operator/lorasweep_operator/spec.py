@@ -44,6 +44,7 @@ DEFAULT_MAX_TRIALS = 10_000
 DEFAULT_SEEDS = (42,)
 # search.fromSweep takes at most this many; status.outcomes keeps the objectives of this many best trials.
 FROM_SWEEP_TOP_MAX = 100
+MAX_OPTIMIZE_TRIALS = 1000
 GPU_RESOURCE = "nvidia.com/gpu"
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "Condition",
     "DatasetConfig",
     "Distribution",
+    "EarlyStopping",
     "FromSweep",
     "GridSearch",
     "KIND",
@@ -61,6 +63,7 @@ __all__ = [
     "ModelConfig",
     "Objective",
     "PreparationStatus",
+    "OptimizeSearch",
     "RandomSearch",
     "SearchGroup",
     "SearchSpec",
@@ -177,7 +180,7 @@ class LoraSpace(Contract):
 
     @model_validator(mode="after")
     def _rank_alpha(self) -> LoraSpace:
-        _rank_needs_alpha(self.rank, self.alpha, "search.random.space.lora")
+        _rank_needs_alpha(self.rank, self.alpha, "the search space's lora (random or optimize)")
         return self
 
 
@@ -190,6 +193,13 @@ class SearchSpace(Contract):
     lora: LoraSpace | None = None
 
 
+def _space_named(space: SearchSpace, where: str) -> None:
+    if not space.model_dump(exclude_none=True, exclude={"lora"}) and not (
+        space.lora and space.lora.model_dump(exclude_none=True)
+    ):
+        raise ValueError(f"{where} names no parameter; add one, e.g. learningRate: {{logUniform: ...}}")
+
+
 class RandomSearch(Contract):
     samples: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)]
     seed: int = 0
@@ -197,10 +207,7 @@ class RandomSearch(Contract):
 
     @model_validator(mode="after")
     def _non_empty(self) -> RandomSearch:
-        if not self.space.model_dump(exclude_none=True, exclude={"lora"}) and not (
-            self.space.lora and self.space.lora.model_dump(exclude_none=True)
-        ):
-            raise ValueError("search.random.space names no parameter; add one, e.g. learningRate: {logUniform: ...}")
+        _space_named(self.space, "search.random.space")
         return self
 
 
@@ -211,6 +218,28 @@ def _rank_needs_alpha(rank: object, alpha: object, where: str) -> None:
             f"{where} varies lora.rank without lora.alpha; give alpha too (alpha = 2 x rank keeps the "
             f"reference's scale)"
         )
+
+
+class OptimizeSearch(Contract):
+    """Model-based search: each next configuration is proposed from the results so far (Optuna's TPE)."""
+
+    algorithm: Literal["tpe"] = "tpe"
+    # Each finished proposal keeps its configuration in status.outcomes: 1,000 stay far below the object size limit.
+    trials: Annotated[int, Field(ge=1, le=MAX_OPTIMIZE_TRIALS)]
+    seed: int = 0
+    startup_trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)] | None = Field(
+        default=None, description="trials sampled at random before TPE models the results; default trials / 3, 1-10"
+    )
+    space: SearchSpace
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> OptimizeSearch:
+        _space_named(self.space, "search.optimize.space")
+        return self
+
+    @property
+    def resolved_startup_trials(self) -> int:
+        return self.startup_trials if self.startup_trials is not None else max(1, min(10, self.trials // 3))
 
 
 class LoraGrid(Contract):
@@ -241,6 +270,11 @@ class FromSweep(Contract):
     name: str = Field(min_length=1, max_length=253)
     top: Annotated[int, Field(ge=1, le=FROM_SWEEP_TOP_MAX)] = 3
     override: TrainingOverride | None = Field(default=None, description="applied on top of each source trial")
+    refine: bool = Field(
+        default=False,
+        description="also run the neighbours of the top trials: in each top trial's group, the midpoint between "
+        "its two best values (the reference's 'LR=7.5e-4 between the two best, rank between 32 and 64')",
+    )
 
     @model_validator(mode="after")
     def _rank_alpha(self) -> FromSweep:
@@ -249,7 +283,7 @@ class FromSweep(Contract):
         return self
 
 
-SEARCH_KINDS = ("groups", "grid", "random", "list", "fromSweep")
+SEARCH_KINDS = ("groups", "grid", "random", "list", "fromSweep", "optimize")
 
 
 class SearchSpec(Contract):
@@ -261,6 +295,7 @@ class SearchSpec(Contract):
     random: RandomSearch | None = None
     explicit: list[TrainingOverride] | None = Field(default=None, alias="list", min_length=1)
     from_sweep: FromSweep | None = None
+    optimize: OptimizeSearch | None = None
     seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1, max_length=100)
 
     @model_validator(mode="after")
@@ -272,6 +307,10 @@ class SearchSpec(Contract):
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"search.seeds has duplicates: {self.seeds}")
+        if self.optimize is not None and (len(self.seeds) != 1 or self.include_baseline):
+            raise ValueError(
+                "search.optimize proposes every trial itself: give one seed (search.seeds: [42]) and no includeBaseline"
+            )
         if self.explicit is not None:
             _alpha_with_rank(self.explicit, "search.list")
         names = [group.name for group in self.groups or []]
@@ -281,7 +320,7 @@ class SearchSpec(Contract):
 
     def kinds(self) -> list[str]:
         fields: dict[str, object] = {"groups": self.groups, "grid": self.grid, "random": self.random}
-        fields.update({"list": self.explicit, "fromSweep": self.from_sweep})
+        fields.update({"list": self.explicit, "fromSweep": self.from_sweep, "optimize": self.optimize})
         return [name for name, value in fields.items() if value is not None]
 
     @property
@@ -306,6 +345,18 @@ class Objective(Contract):
     @property
     def resolved_goal(self) -> Goal:
         return self.goal if self.goal is not None else default_goal(self.metric)
+
+
+class EarlyStopping(Contract):
+    """ASHA: at each rung (epoch minEpochs x reductionFactor^k, below the trial's epochs) a trial whose `metric`
+    is worse than the best 1/reductionFactor of every result at that rung is stopped."""
+
+    algorithm: Literal["asha"] = "asha"
+    metric: ObjectiveMetric | None = Field(
+        default=None, description="the per-epoch metric compared; default the objective's"
+    )
+    reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3
+    min_epochs: Annotated[int, Field(ge=1, le=1000)] = 1
 
 
 class Storage(Contract):
@@ -346,6 +397,7 @@ class LoraSweepSpec(Contract):
     training: TrainingConfig = TrainingConfig()
     search: SearchSpec
     objective: Objective = Objective()
+    early_stopping: EarlyStopping | None = None
     storage: Storage
     parallelism: Annotated[int, Field(ge=1, le=1000)] = 1
     max_failed_trials: Annotated[int, Field(ge=0)] = 3
@@ -372,6 +424,15 @@ class LoraSweepSpec(Contract):
     )
 
     @model_validator(mode="after")
+    def _packing_without_early_stopping(self) -> LoraSweepSpec:
+        if self.early_stopping is not None and self.packing > 1:
+            raise ValueError(
+                "earlyStopping ends a stopped trial's Job, which with packing above 1 would end the other trials "
+                "of its pack too; set packing: 1 (or drop earlyStopping)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _feature_cache_possible(self) -> LoraSweepSpec:
         if self.feature_cache != "on":
             return self
@@ -395,6 +456,14 @@ class LoraSweepSpec(Contract):
                     (where, self.training.lora.model_copy(update={"target_modules": override.lora.target_modules}))
                 )
         return found
+
+    def early_stopping_rule(self) -> tuple[str, Goal] | None:
+        """(metric, goal) that ASHA compares, when early stopping is on."""
+        if self.early_stopping is None:
+            return None
+        metric = self.early_stopping.metric or self.objective.metric
+        goal = self.objective.resolved_goal if metric == self.objective.metric else default_goal(metric)
+        return metric, goal
 
     @field_validator("command")
     @classmethod
@@ -432,9 +501,10 @@ class StatusModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
-TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+# Stopped: ended early by spec.earlyStopping (its own phase: it did not fail, it was behind).
+TrialPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Stopped"]
 SweepPhase = Literal["Pending", "Preparing", "Running", "Suspended", "Succeeded", "Failed"]
-TERMINAL_TRIAL_PHASES: tuple[TrialPhase, ...] = ("Succeeded", "Failed")
+TERMINAL_TRIAL_PHASES: tuple[TrialPhase, ...] = ("Succeeded", "Failed", "Stopped")
 TERMINAL_SWEEP_PHASES: tuple[SweepPhase, ...] = ("Succeeded", "Failed")
 
 
@@ -465,13 +535,21 @@ class TrialStatus(StatusModel):
     message: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    epochs_completed: int | None = Field(default=None, description="epochs that reported; set for stopped trials")
 
 
 class TrialOutcome(StatusModel):
     """What survives of every finished trial even when the table keeps only the top ones."""
 
-    phase: Literal["Succeeded", "Failed"]
+    phase: Literal["Succeeded", "Failed", "Stopped"]
     objective: float | None = None
+    rungs: dict[int, float] | None = Field(
+        default=None,
+        description="the early-stopping metric at each rung epoch the trial reached (spec.earlyStopping), for later "
+        "rung decisions; rungs only, so a 10,000-trial sweep's status stays small",
+    )
+    params: TrainingConfig | None = Field(default=None, description="the trial's configuration (search.optimize)")
+    index: int | None = Field(default=None, description="the proposal's position (search.optimize)")
 
 
 class SourceTrial(StatusModel):
@@ -491,6 +569,7 @@ class TrialCounts(StatusModel):
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+    stopped: int = 0
 
     def by_phase(self) -> dict[str, int]:
         return {phase: getattr(self, phase.lower()) for phase in get_args(TrialPhase)}
@@ -522,7 +601,13 @@ class PreparationStatus(StatusModel):
     seconds: float | None = None
 
 
-FINISHED_KEYS: dict[str, Literal["Succeeded", "Failed"]] = {"succeeded": "Succeeded", "failed": "Failed"}
+FINISHED_KEYS: dict[str, Literal["Succeeded", "Failed", "Stopped"]] = {
+    "succeeded": "Succeeded",
+    "failed": "Failed",
+    "stopped": "Stopped",
+}
+# What keeps an outcome in `outcomes` on the wire rather than as a bare id in `finished`.
+OUTCOME_DATA = ("objective", "rungs", "params")
 
 
 class LoraSweepStatus(StatusModel):
@@ -558,9 +643,9 @@ class LoraSweepStatus(StatusModel):
     def to_patch(self) -> dict[str, Any]:
         patch = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         outcomes: dict[str, dict[str, Any]] = patch.pop("outcomes")
-        patch["outcomes"] = {trial: o for trial, o in outcomes.items() if "objective" in o}
+        patch["outcomes"] = {trial: o for trial, o in outcomes.items() if any(key in o for key in OUTCOME_DATA)}
         finished = {
-            key: " ".join(sorted(t for t, o in outcomes.items() if "objective" not in o and o["phase"] == phase))
+            key: " ".join(sorted(t for t, o in outcomes.items() if t not in patch["outcomes"] and o["phase"] == phase))
             for key, phase in FINISHED_KEYS.items()
         }
         if any(finished.values()):

@@ -18,14 +18,25 @@ about 125 KB for a 10,000-trial status in all.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from lorasweep_operator.planning import PlannedTrial
-from lorasweep_operator.rendering import CONTAINER, REPORT_CONTAINER, TRIAL_LABEL, TRIALS_ANNOTATION, is_report
+from lorasweep_operator import early_stopping
+from lorasweep_operator.planning import PlannedTrial, Recorded
+from lorasweep_operator.rendering import (
+    CONTAINER,
+    EARLY_STOPPING_ANNOTATION,
+    INDEX_ANNOTATION,
+    PROGRESS_ANNOTATION,
+    REPORT_CONTAINER,
+    TRIAL_LABEL,
+    TRIALS_ANNOTATION,
+    is_report,
+)
 from lorasweep_operator.report.model import ReportSummary
 from lorasweep_operator.spec import (
     FROM_SWEEP_TOP_MAX,
@@ -43,7 +54,7 @@ from lorasweep_operator.spec import (
     TrialPhase,
     TrialStatus,
 )
-from lorasweep_trainer.config import Goal
+from lorasweep_trainer.config import TRIAL_ENV, Goal, TrialConfig
 from lorasweep_trainer.results import PackSummary, TerminationSummary
 
 # A succeeded trial whose result could not be read from its termination message.
@@ -74,10 +85,18 @@ class ObservedJob:
     completion_time: str | None = None
     summary: TerminationSummary | None = None
     packed: bool = False  # one member of a pack Job (spec.packing > 1): its phase comes from its own summary
+    # spec.earlyStopping: the metrics each epoch reported (epoch -> metrics) and the rung decisions recorded
+    progress: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
+    decisions: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL_TRIAL_PHASES
+
+    @property
+    def stop_decision(self) -> tuple[int, Mapping[str, Any]] | None:
+        """(rung, decision) of the rung that stopped this trial, if one did."""
+        return next(((rung, d) for rung, d in sorted(self.decisions.items()) if d.get("stop")), None)
 
 
 @dataclass(frozen=True)
@@ -110,21 +129,35 @@ def observe_job(job: Mapping[str, Any]) -> ObservedJob:
     name = str(metadata.get("name", ""))
     trial = str((metadata.get("labels") or {}).get(TRIAL_LABEL, ""))
     started = status.get("startTime")
+    annotations = metadata.get("annotations") or {}
+    progress, decisions = (
+        _epochs(annotations.get(PROGRESS_ANNOTATION)),
+        _epochs(annotations.get(EARLY_STOPPING_ANNOTATION)),
+    )
+    seen = ObservedJob(name, trial, "Pending", start_time=started, progress=progress, decisions=decisions)
     if (done := _condition(status, "Complete")) is not None:
         finished = status.get("completionTime") or done.get("lastTransitionTime")
-        return ObservedJob(name, trial, "Succeeded", start_time=started, completion_time=finished)
+        return replace(seen, phase="Succeeded", completion_time=finished)
     if (failed := _condition(status, "Failed")) is not None:
-        return ObservedJob(
-            name,
-            trial,
-            "Failed",
+        return replace(
+            seen,
+            # Ended by the operator's rung decision (its deadline cut to 1 s), not by a failure of its own.
+            phase="Stopped" if seen.stop_decision else "Failed",
             reason=failed.get("reason") or "Failed",
             message=_clip(failed.get("message")),
-            start_time=started,
             completion_time=failed.get("lastTransitionTime"),
         )
     running = (status.get("active") or 0) > 0 and not (job.get("spec") or {}).get("suspend")
-    return ObservedJob(name, trial, "Running" if running else "Pending", start_time=started)
+    return replace(seen, phase="Running" if running else "Pending")
+
+
+def _epochs(text: str | None) -> dict[int, dict[str, Any]]:
+    """An annotation holding ``{"<epoch>": {...}}``; anything unreadable is no record (the trainer reports again)."""
+    try:
+        value = json.loads(text) if text else {}
+        return {int(epoch): dict(item) for epoch, item in value.items() if isinstance(item, dict)}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def observe_jobs(job: Mapping[str, Any]) -> list[ObservedJob]:
@@ -316,6 +349,8 @@ def _row(
                 "metrics_uri": summary.metrics_uri,
             }
         )
+    if job.phase == "Stopped":
+        return _stopped_row(row, job, spec)
     reason = job.reason
     message = job.message
     if summary is not None and summary.status == "Failed":
@@ -336,10 +371,32 @@ def _unreadable(summary: TerminationSummary | None) -> str:
     )
 
 
+def _stopped_row(row: TrialStatus, job: ObservedJob, spec: LoraSweepSpec) -> TrialStatus:
+    """A trial stopped at a rung: its last epoch's metrics and why it was stopped (no objective: it is not
+    comparable with trials that ran every epoch)."""
+    last = max(job.progress, default=None)
+    metrics = {k: v for k, raw in (job.progress[last] if last else {}).items() if (v := _finite(raw)) is not None}
+    found = job.stop_decision
+    assert found is not None
+    rung, decision = found
+    rule = spec.early_stopping_rule()
+    metric = rule[0] if rule else spec.objective.metric
+    value = job.progress.get(rung, {}).get(metric)
+    shown = "unknown" if value is None else f"{value:.4g}"
+    message = (
+        f"stopped at epoch {rung}: {metric}={shown} below the rung's cutoff {float(decision.get('cutoff', 0)):.4g} "
+        f"(best 1/{spec.early_stopping.reduction_factor if spec.early_stopping else '?'} of "
+        f"{decision.get('compared', '?')} results)"
+    )
+    return row.model_copy(
+        update={"metrics": metrics, "epochs_completed": last, "reason": "EarlyStopped", "message": _clip(message)}
+    )
+
+
 def _sort_key(row: TrialStatus, index: int, sign: float) -> tuple[int, float, int]:
     if row.phase == "Succeeded" and row.objective is not None:
         return (0, sign * row.objective, index)
-    order = {"Succeeded": 1, "Running": 2, "Failed": 3, "Pending": 4}
+    order = {"Succeeded": 1, "Running": 2, "Stopped": 3, "Failed": 4, "Pending": 5}
     return (order[row.phase], 0.0, index)
 
 
@@ -348,7 +405,7 @@ def _table(rows: list[tuple[int, TrialStatus]], sign: float) -> tuple[list[Trial
     if len(ranked) <= FULL_TABLE_LIMIT:
         return [row for _, row in ranked], False
     kept: list[TrialStatus] = []
-    for phase in ("Succeeded", "Running", "Failed"):
+    for phase in ("Succeeded", "Running", "Stopped", "Failed"):
         kept.extend([row for _, row in ranked if row.phase == phase][:TOP_K])
     return kept, True
 
@@ -388,8 +445,10 @@ def aggregate(
     previous: LoraSweepStatus,
     generation: int | None,
     now: str,
+    total: int | None = None,
 ) -> Reconciled:
-    """The sweep's status after this pass (`jobs` already includes any Job created in it)."""
+    """The sweep's status after this pass (`jobs` already includes any Job created in it). `total`: the trials the
+    sweep will have when more than `plan` holds yet (search.optimize proposes them as it goes)."""
     by_trial = {job.trial: job for job in jobs}
     recorded = {row.id: row for row in previous.trials}
     sign = -1.0 if spec.objective.resolved_goal == "maximize" else 1.0
@@ -402,8 +461,8 @@ def aggregate(
         row = _row(trial, by_trial.get(trial.id), recorded.get(trial.id), outcome, spec)
         rows.append((trial.index, row))
         if row.phase in TERMINAL_TRIAL_PHASES:
-            assert row.phase == "Succeeded" or row.phase == "Failed"
-            outcomes[trial.id] = outcome or TrialOutcome(phase=row.phase, objective=row.objective)
+            assert row.phase == "Succeeded" or row.phase == "Failed" or row.phase == "Stopped"
+            outcomes[trial.id] = outcome or _outcome(spec, trial, row, by_trial.get(trial.id))
             if outcome is None:
                 events.append(_trial_event(row, spec))
     # Outcomes of trials no longer planned (spec.training edited) are kept: they happened.
@@ -411,7 +470,8 @@ def aggregate(
         outcomes.setdefault(trial_id, outcome)
     outcomes = bounded_outcomes(outcomes, {trial.id: trial.index for trial in plan}, sign)
 
-    counts = TrialCounts(total=len(plan))
+    counts = TrialCounts(total=max(len(plan), total or 0))
+    counts.pending = counts.total - len(plan)  # not proposed yet
     for _, row in rows:
         setattr(counts, row.phase.lower(), getattr(counts, row.phase.lower()) + 1)
     table, truncated = _table(rows, sign)
@@ -485,7 +545,10 @@ def bounded_outcomes(
     )
     kept = set(scored[:FROM_SWEEP_TOP_MAX])
     return {
-        trial: outcome if outcome.objective is None or trial in kept else outcome.model_copy(update={"objective": None})
+        # search.optimize's proposals keep theirs: the next proposals are made from every result.
+        trial: outcome
+        if outcome.objective is None or trial in kept or outcome.params is not None
+        else outcome.model_copy(update={"objective": None})
         for trial, outcome in outcomes.items()
     }
 
@@ -511,25 +574,136 @@ def source_results(goal: Goal, status: LoraSweepStatus, plan: Sequence[PlannedTr
     ]
 
 
+def _outcome(spec: LoraSweepSpec, trial: PlannedTrial, row: TrialStatus, job: ObservedJob | None) -> TrialOutcome:
+    """What is kept of a finished trial: what later rung decisions and proposals need besides phase and objective."""
+    rule = stopping_rule(spec)
+    rungs = None
+    if rule is not None and job is not None and job.progress:
+        reported = _reported(job, rule.metric)
+        rungs = {
+            epoch: reported[epoch] for epoch in early_stopping.rungs(rule, trial.training.epochs) if epoch in reported
+        }
+    optimize = spec.search.optimize is not None
+    return TrialOutcome(
+        phase=row.phase,
+        objective=row.objective,
+        rungs=rungs,
+        params=trial.training if optimize else None,
+        index=trial.index if optimize else None,
+    )
+
+
+def recorded(
+    spec: LoraSweepSpec, jobs: Sequence[Mapping[str, Any]], observed: Sequence[ObservedJob], previous: LoraSweepStatus
+) -> list[Recorded]:
+    """search.optimize's proposals so far: every trial Job (its configuration from its ``LORASWEEP_TRIAL``), and the
+    recorded outcomes of those whose Jobs are gone. Results are the outcome's, else the Job's summary."""
+    by_name = {job.name: job for job in observed}
+    rows = {row.id: row for row in previous.trials}
+    found: dict[str, Recorded] = {}
+    for trial_id, outcome in previous.outcomes.items():
+        if outcome.params is not None and outcome.index is not None:
+            seed = rows[trial_id].seed if trial_id in rows else spec.search.seeds[0]
+            found[trial_id] = Recorded(
+                outcome.index, trial_id, outcome.params, seed, outcome.phase, outcome.objective,
+                dict(outcome.rungs or {}),
+            )  # fmt: skip
+    for body in jobs:
+        metadata = body.get("metadata") or {}
+        seen = by_name.get(str(metadata.get("name")))
+        if seen is None or seen.trial in found:
+            continue
+        config = _trial_config(body)
+        index = (metadata.get("annotations") or {}).get(INDEX_ANNOTATION)
+        if config is None or index is None or not str(index).isdigit():
+            continue  # not a Job this operator rendered
+        objective = None
+        if seen.phase == "Succeeded" and seen.summary is not None and seen.summary.status == "Succeeded":
+            objective = seen.summary.metrics.get(spec.objective.metric)
+        rule = spec.early_stopping_rule()
+        values = _reported(seen, rule[0]) if rule else {}
+        found[seen.trial] = Recorded(
+            int(index), seen.trial, config.training, config.seed, seen.phase, objective, values
+        )
+    return sorted(found.values(), key=lambda item: item.index)
+
+
+def _reported(job: ObservedJob, metric: str) -> dict[int, float]:
+    """`metric` of each epoch the Job's trial reported (finite values only)."""
+    return {epoch: v for epoch, m in job.progress.items() if (v := _finite(m.get(metric))) is not None}
+
+
+def _finite(value: Any) -> float | None:
+    """A reported number fit for the status (JSON has no NaN); else None."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def stopping_rule(spec: LoraSweepSpec) -> early_stopping.Rule | None:
+    resolved = spec.early_stopping_rule()
+    if resolved is None or spec.early_stopping is None:
+        return None
+    return early_stopping.Rule(
+        resolved[0], resolved[1], spec.early_stopping.reduction_factor, spec.early_stopping.min_epochs
+    )
+
+
+def histories(
+    spec: LoraSweepSpec, plan: Sequence[PlannedTrial], jobs: Sequence[ObservedJob], previous: LoraSweepStatus
+) -> dict[str, early_stopping.History]:
+    """What ASHA knows of each trial: its Job's reported epochs and recorded decisions, or (Job gone) its outcome."""
+    rule = stopping_rule(spec)
+    assert rule is not None
+    by_trial = {job.trial: job for job in jobs}
+    found: dict[str, early_stopping.History] = {}
+    for trial in plan:
+        job = by_trial.get(trial.id)
+        outcome = previous.outcomes.get(trial.id)
+        if job is not None:
+            values = _reported(job, rule.metric)
+            decided = {rung: bool(d.get("stop")) for rung, d in job.decisions.items()}
+            finished = job.phase in ("Succeeded", "Failed") or outcome is not None
+            found[trial.id] = early_stopping.History(trial.training.epochs, values, decided, finished)
+        elif outcome is not None:
+            values = dict(outcome.rungs or {})
+            found[trial.id] = early_stopping.History(trial.training.epochs, values, {}, finished=True)
+    return found
+
+
+def _trial_config(job: Mapping[str, Any]) -> TrialConfig | None:
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in containers:
+        for variable in container.get("env") or []:
+            if variable.get("name") == TRIAL_ENV:
+                try:
+                    return TrialConfig.model_validate_json(variable.get("value") or "")
+                except ValidationError:
+                    return None
+    return None
+
+
 def _phase(spec: LoraSweepSpec, counts: TrialCounts) -> tuple[SweepPhase, str, str]:
     tally = f"{counts.total} trials: {counts.succeeded} succeeded, {counts.failed} failed"
+    if counts.stopped:
+        tally += f", {counts.stopped} stopped early"
     if counts.failed > spec.max_failed_trials:
         return (
             "Failed",
             "TooManyFailedTrials",
             f"{tally}, more than maxFailedTrials={spec.max_failed_trials}; no new trials are launched",
         )
-    if counts.succeeded + counts.failed == counts.total:
+    if counts.succeeded + counts.failed + counts.stopped == counts.total:
         return "Succeeded", "AllTrialsFinished", tally
     if spec.suspend:
         return "Suspended", "SuspendedBySpec", f"{tally}, {counts.running} running; launching is paused (spec.suspend)"
     detail = f"{tally}, {counts.running} running, {counts.pending} pending"
-    if counts.running or counts.succeeded or counts.failed:
+    if counts.running or counts.succeeded or counts.failed or counts.stopped:
         return "Running", "TrialsRunning", detail
     return "Pending", "TrialsPending", detail
 
 
 def _trial_event(row: TrialStatus, spec: LoraSweepSpec) -> Event:
+    if row.phase == "Stopped":
+        return Event("Normal", "TrialStopped", f"trial {row.id} ({row.variant}) {row.message or 'stopped early'}")
     if row.phase == "Succeeded":
         objective = "unknown" if row.objective is None else f"{row.objective:.4g}"
         return Event("Normal", "TrialSucceeded", f"trial {row.id} ({row.variant}) {spec.objective.metric}={objective}")

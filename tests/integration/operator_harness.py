@@ -53,6 +53,34 @@ open(path, "w").write(json.dumps({"trial": trial["trial"], "status": "Succeeded"
 """
 
 
+SAMPLE = ROOT / "deploy" / "samples" / "tiny-cpu-sweep.yaml"
+
+
+def tiny_trainer_sweep(cluster: Any, namespace: str, name: str, s3_server: Any, s3_bucket: str) -> dict[str, Any]:
+    """The shipped tiny CPU sample for the real trainer, made smaller still: synthetic clips in `s3_bucket` (three
+    actions, four clips each), the server's credentials in Secret ``s3``, results under ``s3://<bucket>/sweeps/``."""
+    bin_dir = Path(sys.executable).parent
+    synth = [str(bin_dir / "lorasweep-trainer"), "synth", f"s3://{s3_bucket}/clips/", "--actions", "8,9,23"]
+    env = {**s3_server.env, "PATH": str(bin_dir)}
+    subprocess.run([*synth, "--clips-per-action", "4"], check=True, capture_output=True, env=env)
+    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
+    cluster.kubectl(
+        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
+    )
+    manifest: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    spec = manifest["spec"]
+    spec["dataset"].update(
+        source=f"s3://{s3_bucket}/clips/", classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videosPerClass=4
+    )
+    spec["storage"] = {
+        "output": f"s3://{s3_bucket}/sweeps/",
+        "endpoint": s3_server.endpoint_url,
+        "credentialsSecret": "s3",
+    }
+    return manifest
+
+
 def install_crd(cluster: Any) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
 
@@ -65,6 +93,18 @@ def install_crd(cluster: Any) -> None:
     wait_for("the CRD to be established", established, timeout=60)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "role.yaml"))
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(RBAC / "user_roles.yaml"))
+    token_review_role = yaml.safe_load_all((RBAC / "token_review.yaml").read_text())
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(next(token_review_role)))
+
+
+def allow_token_reviews(cluster: Any, namespace: str) -> Callable[[], None]:
+    """deploy/rbac/token_review.yaml's binding for this namespace's operator; returns its undo (cluster-scoped)."""
+    name = f"lorasweep-token-review-{namespace}"
+    cluster.kubectl(
+        "create", "clusterrolebinding", name, "--clusterrole=lorasweep-operator-token-review",
+        f"--serviceaccount={namespace}:{OPERATOR_ACCOUNT}",
+    )  # fmt: skip
+    return lambda: cluster.kubectl("delete", "clusterrolebinding", name, "--ignore-not-found", check=False)
 
 
 def bind_operator(cluster: Any, namespace: str) -> None:
@@ -83,7 +123,7 @@ class OperatorProcess:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.policy = policy
-        self.metrics_port, self.health_port = free_ports(2)
+        self.metrics_port, self.health_port, self.progress_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -93,11 +133,17 @@ class OperatorProcess:
         argv = [
             str(LORASWEEP), "-v", "operator", "--namespace", self.namespace,
             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), *self.policy,
+            "--progress-port", str(self.progress_port), "--progress-url", self.progress_url,
         ]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for("the operator's liveness endpoint", self.healthy, timeout=60)
+
+    @property
+    def progress_url(self) -> str:
+        """The progress endpoint as trial pods reach it: the test node runs them on this host."""
+        return f"http://127.0.0.1:{self.progress_port}/v1/progress"
 
     def healthy(self) -> bool:
         assert self.process is not None

@@ -29,7 +29,7 @@ OPERATOR = ROOT / "operator" / "lorasweep_operator"
 KUBE_VERSION = ("--kube-version", binaries.KUBERNETES_VERSION)
 
 # Which API group serves each resource the operator names.
-API_GROUPS = {PLURAL: GROUP, "jobs": "batch", "pods": "", "events": ""}
+API_GROUPS = {PLURAL: GROUP, "jobs": "batch", "pods": "", "events": "", "tokenreviews": "authentication.k8s.io"}
 # kopf decorators whose handlers keep state on the object (progress annotations, the finalizer).
 STATEFUL = {"create", "update", "resume", "delete", "timer", "daemon", "field"}
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("crd")
 def test_crd_installs_with_short_name_and_printer_columns(cluster: Any, namespace: str) -> None:
     assert apply(cluster, sweep_manifest("phase1", namespace, search=learning_rates(1e-3))).returncode == 0
     table = cluster.kubectl("get", "lsw", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "TRIALS", "SUCCEEDED", "FAILED", "RUNNING", "BEST", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "TRIALS", "SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "BEST", "AGE"]
     assert table[1].startswith("phase1")
 
 

@@ -41,15 +41,19 @@ def tiny_sweep(clips: Path) -> dict[str, object]:
     }
 
 
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("clips")
+def synthetic_clips(folder: Path) -> Path:
+    """Four synthetic clips of each of three NTU actions, written to `folder`."""
     subprocess.run(
         [BIN / "lorasweep-trainer", "synth", str(folder), "--actions", "8,9,23", "--clips-per-action", "4"],
         check=True,
         capture_output=True,
     )
     return folder
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_clips(tmp_path_factory.mktemp("clips"))
 
 
 def processes_using(folder: Path) -> list[int]:
@@ -64,12 +68,8 @@ def processes_using(folder: Path) -> list[int]:
     return found
 
 
-def test_interrupted_run_resumes_without_rerunning_finished_trials(tmp_path: Path, clips: Path) -> None:
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump(tiny_sweep(clips)))
-    out = tmp_path / "out"
-    command = [str(BIN / "lorasweep"), "run", str(sweep), "--out", str(out), "--device", "cpu"]
-
+def interrupt_after_a_trial(command: list[str], out: Path) -> str:
+    """Run `command` (a `lorasweep run`) until a trial has written its metrics.json, then Ctrl-C it; its output."""
     runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not list(out.glob("trials/*/metrics.json")):
@@ -77,8 +77,18 @@ def test_interrupted_run_resumes_without_rerunning_finished_trials(tmp_path: Pat
         assert time.monotonic() < deadline, "no trial finished within 300 s"
         time.sleep(0.5)
     runner.send_signal(signal.SIGINT)
-    first_output, _ = runner.communicate(timeout=120)
-    assert runner.returncode == 130, first_output
+    output, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 130, output
+    return output
+
+
+def test_interrupted_run_resumes_without_rerunning_finished_trials(tmp_path: Path, clips: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump(tiny_sweep(clips)))
+    out = tmp_path / "out"
+    command = [str(BIN / "lorasweep"), "run", str(sweep), "--out", str(out), "--device", "cpu"]
+
+    first_output = interrupt_after_a_trial(command, out)
     assert "interrupted: finished trials are kept" in first_output
 
     finished = {p.parent.name: p for p in out.glob("trials/*/metrics.json")}

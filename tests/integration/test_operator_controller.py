@@ -48,7 +48,7 @@ def test_parallelism_2_with_5_trials_never_runs_more_than_2_and_succeeds(
     assert most_running == 2 and len(seen_jobs) == 5
 
     status = get_sweep(cluster, namespace, "par")["status"]
-    assert status["counts"] == {"total": 5, "pending": 0, "running": 0, "succeeded": 5, "failed": 0}
+    assert status["counts"] == {"total": 5, "pending": 0, "running": 0, "succeeded": 5, "failed": 0, "stopped": 0}
     best = status["best"]
     assert best["params"]["learningRate"] == 5e-3 and best["objective"] == pytest.approx(0.5)
     assert best["metric"] == "val_accuracy" and best["metricsUri"].endswith(f"/trials/{best['trial']}/metrics.json")
@@ -58,7 +58,15 @@ def test_parallelism_2_with_5_trials_never_runs_more_than_2_and_succeeds(
     assert conditions["Complete"] == ("True", "AllTrialsFinished")
     assert conditions["SpecValid"] == ("True", "Valid")
     table = cluster.kubectl("get", "lsw", "par", "-n", namespace).stdout.splitlines()
-    assert table[1].split()[1:7] == ["Succeeded", "5", "5", "0", "0", "0.5"]
+    assert table[1].split()[1:8] == [
+        "Succeeded",
+        "5",
+        "5",
+        "0",
+        "0",
+        "0",
+        "0.5",
+    ]  # phase, trials, succeeded, failed, stopped, running, best
     reasons = events(cluster, namespace, "par")
     assert {"TrialsLaunched", "TrialSucceeded", "NewBest", "AllTrialsFinished"} <= set(reasons)
     assert operator.metric("lorasweep_operator_jobs_created_total", namespace=namespace, sweep="par") == 5

@@ -33,7 +33,10 @@ def test_operator_account_has_what_it_uses_and_nothing_else(
         ("patch", "lorasweeps.lorasweep.dev", "status"),
         ("create", "jobs.batch", ""),
         ("list", "jobs.batch", ""),
+        ("get", "jobs.batch", ""),  # early stopping: a trial's epochs and rung decisions on its Job,
+        ("patch", "jobs.batch", ""),  # and its deadline cut to end it
         ("list", "pods", ""),
+        ("get", "pods", ""),  # the pod behind a progress report
         ("create", "events", ""),
     ]
     denied = [
@@ -41,7 +44,7 @@ def test_operator_account_has_what_it_uses_and_nothing_else(
         ("delete", "lorasweeps.lorasweep.dev", ""),
         ("update", "lorasweeps.lorasweep.dev", ""),
         ("delete", "jobs.batch", ""),
-        ("patch", "jobs.batch", ""),
+        ("update", "jobs.batch", ""),
         ("get", "secrets", ""),
         ("create", "pods", ""),
         ("get", "pods", "log"),

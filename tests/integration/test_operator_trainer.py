@@ -7,13 +7,11 @@ trials and status.reportUri points at it. The operator itself never touches the 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from operator_harness import (
     REPORTS,
     OperatorProcess,
@@ -22,6 +20,7 @@ from operator_harness import (
     get_sweep,
     list_jobs,
     list_pods,
+    tiny_trainer_sweep,
     wait_phase,
 )
 
@@ -37,40 +36,10 @@ SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "samples" / "tiny-cpu-
 def test_sweep_with_the_real_trainer_on_synthetic_clips_and_its_report_job(
     cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
 ) -> None:
-    subprocess.run(
-        [
-            str(BIN / "lorasweep-trainer"),
-            "synth",
-            f"s3://{s3_bucket}/clips/",
-            "--actions",
-            "8,9,23",
-            "--clips-per-action",
-            "4",
-        ],
-        check=True,
-        capture_output=True,
-        env={**s3_server.env, "PATH": str(BIN)},
-    )
-    secret = {
-        key: value for key, value in s3_server.env.items() if key.startswith("AWS_") and key != "AWS_ENDPOINT_URL_S3"
-    }
-    cluster.kubectl(
-        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
-    )
     # The shipped tiny CPU sample, pointed at this test's bucket and made smaller still.
-    manifest = yaml.safe_load(SAMPLE.read_text())
-    manifest["metadata"] = {"name": "tiny", "namespace": namespace}
-    spec = manifest["spec"]
-    spec["dataset"].update(
-        source=f"s3://{s3_bucket}/clips/", classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videosPerClass=4
-    )
-    spec["training"].update(epochs=1)
-    spec.update(parallelism=1, resources={"limits": {"cpu": "2", "memory": "4Gi"}})
-    spec["storage"] = {
-        "output": f"s3://{s3_bucket}/sweeps/",
-        "endpoint": s3_server.endpoint_url,
-        "credentialsSecret": "s3",
-    }
+    manifest = tiny_trainer_sweep(cluster, namespace, "tiny", s3_server, s3_bucket)
+    manifest["spec"]["training"].update(epochs=1)
+    manifest["spec"].update(parallelism=1, resources={"limits": {"cpu": "2", "memory": "4Gi"}})
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     body = wait_phase(cluster, namespace, "tiny", ("Succeeded", "Failed"), timeout=600)
     status = body["status"]

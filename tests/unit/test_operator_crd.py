@@ -100,7 +100,7 @@ def test_crd_identity_and_printer_columns() -> None:
     version = document["spec"]["versions"][0]
     assert version["name"] == specs.VERSION and version["subresources"] == {"status": {}}
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Trials", "Succeeded", "Failed", "Running", "Best", "Age"]
+    assert columns == ["Phase", "Trials", "Succeeded", "Failed", "Stopped", "Running", "Best", "Age"]
     status_fields = set(version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"])
     # `finished` exists on the wire only: LoraSweepStatus expands it into outcomes (see its to_patch).
     assert status_fields == {(info.alias or name) for name, info in specs.LoraSweepStatus.model_fields.items()} | {

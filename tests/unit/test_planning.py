@@ -288,7 +288,7 @@ def test_trial_config_is_the_trainer_contract() -> None:
 @pytest.mark.parametrize(
     ("search", "message"),
     [
-        ({}, "exactly one of groups, grid, random, list, fromSweep; got none"),
+        ({}, "exactly one of groups, grid, random, list, fromSweep, optimize; got none"),
         ({"grid": {"epochs": [1]}, "list": [{}]}, "got grid, list"),
         ({"list": [{"lora": {"rank": 8}}]}, r"search.list\[0\] sets lora.rank=8 without lora.alpha"),
         ({"list": [{}], "seeds": [1, 1]}, "duplicates"),

@@ -10,6 +10,7 @@ from kubernetes import client
 
 from lorasweep_operator import planning, preparation, rendering
 from lorasweep_operator.spec import LoraSweepStatus, SpecError, load_sweep_file, parse_spec
+from lorasweep_trainer.config import PERMANENT_EXIT_CODES
 from lorasweep_trainer.results import PrepareSummary
 
 PHASE1 = Path(__file__).resolve().parents[2] / "deploy" / "samples" / "phase1-sweep.yaml"
@@ -114,5 +115,5 @@ def test_the_preparation_job_is_a_restricted_trainer_job_that_is_no_trial() -> N
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the encoder runs on the trials' GPU type
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0]["onExitCodes"]["values"] == [2, 3]
+    assert rules[0]["onExitCodes"]["values"] == list(PERMANENT_EXIT_CODES)
     client.ApiClient()._ApiClient__deserialize(job, "V1Job")  # a valid Job as the API client models it

@@ -90,7 +90,7 @@ def test_failure_policy_labels_and_owner() -> None:
     spec = job["spec"]
     assert spec["backoffLimit"] == 2
     assert spec["podFailurePolicy"]["rules"] == [
-        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3]}},
+        {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
     ]
     assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec and "suspend" not in spec
@@ -160,7 +160,7 @@ def test_rendered_job_deserializes_as_a_batch_v1_job() -> None:
 
     typed = api.deserialize(json.dumps(job), "V1Job", "application/json")
     assert typed.spec.template.spec.containers[0].security_context.capabilities.drop == ["ALL"]
-    assert typed.spec.pod_failure_policy.rules[0].on_exit_codes.values == [2, 3]
+    assert typed.spec.pod_failure_policy.rules[0].on_exit_codes.values == [2, 3, 4]
     assert api.sanitize_for_serialization(typed) == job
 
 

@@ -119,7 +119,14 @@ def test_aggregate_counts_results_and_best_with_deterministic_ties() -> None:
     result = status.aggregate(spec, plan, jobs, LoraSweepStatus(), 3, NOW)
     new = result.status
     assert new.phase == "Running"
-    assert new.counts.model_dump() == {"total": 4, "pending": 0, "running": 1, "succeeded": 3, "failed": 0}
+    assert new.counts.model_dump() == {
+        "total": 4,
+        "pending": 0,
+        "running": 1,
+        "succeeded": 3,
+        "failed": 0,
+        "stopped": 0,
+    }
     assert new.best is not None
     assert (new.best.trial, new.best.objective) == (plan[1].id, 0.8)  # tie with plan[2]: plan order wins
     assert new.best.metrics_uri == f"s3://b/out/ns/s/trials/{plan[1].id}/metrics.json"
@@ -221,6 +228,13 @@ def test_large_sweeps_keep_a_bounded_table_and_every_outcome() -> None:
     objectives = [row.objective for row in new.trials if row.phase == "Succeeded"]
     assert objectives == sorted(objectives, reverse=True)  # type: ignore[type-var]
     assert new.best is not None and new.best.objective == objectives[0]
-    assert new.counts.model_dump() == {"total": 1000, "pending": 48, "running": 50, "succeeded": 900, "failed": 2}
+    assert new.counts.model_dump() == {
+        "total": 1000,
+        "pending": 48,
+        "running": 50,
+        "succeeded": 900,
+        "failed": 2,
+        "stopped": 0,
+    }
     size = len(json.dumps(new.to_patch()))
     assert size < 150_000, size  # the API server's limit is ~1.5 MB

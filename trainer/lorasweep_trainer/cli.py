@@ -20,6 +20,7 @@ from lorasweep_trainer.config import (
     DEFAULT_TERMINATION_LOG,
     EXIT_DATASET_UNUSABLE,
     EXIT_INVALID_CONFIG,
+    EXIT_STOPPED,
     EXIT_SUCCEEDED,
     PACK_ENV,
     PREPARE_ENV,
@@ -103,6 +104,7 @@ def run_trial(cfg: TrialConfig) -> int:
     """One trial in this process: train, publish, leave the termination message; returns the exit code."""
     from lorasweep_trainer.data import DatasetError
     from lorasweep_trainer.model import ModelUnavailable
+    from lorasweep_trainer.progress import TrialStopped
     from lorasweep_trainer.results import summarize
     from lorasweep_trainer.train import train
 
@@ -115,6 +117,8 @@ def run_trial(cfg: TrialConfig) -> int:
         return fail(cfg.trial, EXIT_INVALID_CONFIG, "InvalidConfig", str(error))
     except DatasetError as error:
         return fail(cfg.trial, EXIT_DATASET_UNUSABLE, "DatasetUnusable", str(error))
+    except TrialStopped as stopped:
+        return fail(cfg.trial, EXIT_STOPPED, "Stopped", str(stopped))
     except Exception as error:
         fail(cfg.trial, 1, "Error", f"{type(error).__name__}: {error}")
         raise

@@ -40,6 +40,7 @@ from lorasweep_trainer import cache, data, evaluate, storage
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import WORK_DIR_ENV, ConfigError, DatasetConfig, TrialConfig
 from lorasweep_trainer.decode import DecodePool
+from lorasweep_trainer.progress import report_epoch
 from lorasweep_trainer.results import (
     ADAPTER_FOLDER,
     EVENT_LOG,
@@ -363,6 +364,7 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
             telemetry.train_accuracy.set(record.train_accuracy)
             telemetry.val_accuracy.set(record.val_accuracy)
             events.write("epoch", **record.model_dump(), seconds=round(time.perf_counter() - epoch_started, 3))
+            report_epoch(cfg, record)
             log.info(
                 "epoch done epoch=%d train_loss=%.4f train_acc=%.4f val_acc=%.4f",
                 epoch,

@@ -20,6 +20,7 @@ LOG_LEVEL = logging.INFO  # a service: its log is how people see what it does
 
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
+DEFAULT_PROGRESS_PORT = 8082
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--health-port", type=int, default=DEFAULT_HEALTH_PORT, help="liveness endpoint /healthz port (0 turns it off)"
+    )
+    parser.add_argument(
+        "--progress-port",
+        type=int,
+        default=DEFAULT_PROGRESS_PORT,
+        help="port of the progress endpoint (POST /v1/progress) where trainers report each epoch for "
+        "spec.earlyStopping (0 turns it off)",
+    )
+    parser.add_argument(
+        "--progress-url",
+        default=None,
+        help="the progress endpoint's URL as trial pods reach it, e.g. http://lorasweep.lorasweep-system.svc:8082"
+        "/v1/progress; without it sweeps with spec.earlyStopping run every trial to the end",
     )
     parser.add_argument(
         "--write-reports",
@@ -95,17 +109,24 @@ def run(args: argparse.Namespace) -> int:
 
     handlers.SETTINGS.write_reports = bool(args.write_reports)
     handlers.SETTINGS.policy = job_policy(args)
+    if args.progress_port and args.progress_url:
+        from lorasweep_operator import progress_endpoint
+
+        handlers.SETTINGS.progress_url = args.progress_url
+        endpoint = progress_endpoint.ProgressEndpoint(handlers.kube(), handlers.reconcile_progress)
+        progress_endpoint.serve(endpoint.handle, args.progress_port)
     clusterwide = bool(args.all_namespaces or not args.namespace)
     if args.metrics_port:
         telemetry.serve(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     policy = handlers.SETTINGS.policy
     log.info(
-        "operator starting namespaces=%s metrics_port=%s health_port=%s allowed_images=%s command_override=%s "
-        "service_accounts=%s priority_classes=%s",
+        "operator starting namespaces=%s metrics_port=%s health_port=%s progress_url=%s allowed_images=%s "
+        "command_override=%s service_accounts=%s priority_classes=%s",
         "*" if clusterwide else ",".join(args.namespace),
         args.metrics_port,
         args.health_port,
+        handlers.SETTINGS.progress_url,
         ",".join(policy.allowed_images) or "*",
         policy.allow_command_override,
         ",".join(policy.allowed_service_accounts) or "-",

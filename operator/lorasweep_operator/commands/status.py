@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from lorasweep_operator.commands import aligned
 
 if TYPE_CHECKING:
-    from lorasweep_operator.spec import LoraSweepStatus
+    from lorasweep_operator.spec import LoraSweepStatus, TrialStatus
 
 EXIT_SHOWN = 0
 EXIT_NOT_FOUND = 1
@@ -48,12 +48,19 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_SHOWN
 
 
+def _stopped(trial: TrialStatus) -> str:
+    accuracy = trial.metrics.get("val_accuracy")
+    shown = f", val_accuracy {accuracy:.4f}" if accuracy is not None else ""
+    return f"{trial.reason or 'EarlyStopped'} after epoch {trial.epochs_completed or '?'}{shown}"
+
+
 def describe(name: str, status: LoraSweepStatus) -> list[str]:
     counts = status.counts
     lines = [
         f"LoraSweep {name}: {status.phase}" + (f" ({status.message})" if status.message else ""),
         f"trials: {counts.total} total, {counts.running} running, {counts.pending} pending, "
-        f"{counts.succeeded} succeeded, {counts.failed} failed",
+        f"{counts.succeeded} succeeded, {counts.failed} failed"
+        + (f", {counts.stopped} stopped early" if counts.stopped else ""),
     ]
     if status.best is not None:
         best = status.best
@@ -83,7 +90,7 @@ def describe(name: str, status: LoraSweepStatus) -> list[str]:
                     str(t.seed),
                     f"{t.objective:.4f}" if t.objective is not None else "-",
                     f"{t.metrics['test_accuracy']:.4f}" if "test_accuracy" in t.metrics else "-",
-                    t.reason or "",
+                    _stopped(t) if t.phase == "Stopped" else t.reason or "",
                 )
             )
         lines.append("")

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                 f"trials of sweep {manifest.spec.search.from_sweep.name!r}, so its trials are planned on the cluster"
             )
             return EXIT_VALID
-        trials = plan(manifest.spec, manifest.name)
+        trials = plan(manifest.spec, manifest.name)  # search.optimize: its first proposals (nothing recorded yet)
     except FileNotFoundError:
         print(f"lorasweep validate: {args.sweep_file}: no such file", file=sys.stderr)
         return EXIT_INVALID
@@ -58,12 +58,29 @@ def run(args: argparse.Namespace) -> int:
 def describe(manifest: SweepManifest, trials: Sequence[PlannedTrial]) -> list[str]:
     spec = manifest.spec
     objective = spec.objective
+    optimize = spec.search.optimize
+    count = f"{optimize.trials} trials" if optimize is not None else f"{len(trials)} trials"
     lines = [
-        f"LoraSweep {manifest.namespace}/{manifest.name} is valid: {len(trials)} trials "
+        f"LoraSweep {manifest.namespace}/{manifest.name} is valid: {count} "
         f"({spec.search.kind} search, seeds {', '.join(map(str, spec.search.seeds))}), "
         f"parallelism {spec.parallelism}, objective {objective.metric} ({objective.resolved_goal})",
-        "",
     ]
+    if optimize is not None:
+        lines.append(
+            f"{optimize.algorithm.upper()} proposes each next trial from the results so far (seed {optimize.seed}, "
+            f"{optimize.resolved_startup_trials} random start-up trials); the first {len(trials)} proposals:"
+        )
+    from lorasweep_operator.early_stopping import rungs
+    from lorasweep_operator.status import stopping_rule
+
+    rule = stopping_rule(spec)
+    if rule is not None:
+        at = ", ".join(map(str, rungs(rule, spec.training.epochs))) or "none"
+        lines.append(
+            f"early stopping: ASHA on {rule.metric} ({rule.goal}), reduction factor {rule.reduction_factor}: at epochs "
+            f"{at} of {spec.training.epochs}, a trial outside the best 1/{rule.reduction_factor} there is stopped"
+        )
+    lines.append("")
     rows = [("#", "TRIAL", "GROUP", "SEED", "LR", "RANK", "ALPHA", "DROPOUT", "EPOCHS", "VARIANT")]
     for t in trials:
         lora = t.training.lora

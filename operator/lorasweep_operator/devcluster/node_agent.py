@@ -27,6 +27,9 @@ How a container maps onto this machine (no images are pulled, there is no contai
   ``workingDir``, securityContext users and resource limits are not applied. The pod IP is 127.0.0.1.
 - A pod with a ServiceAccount token mounted (automount on) gets a kubeconfig holding a token bound to the
   pod (TokenRequest), named by ``KUBECONFIG``; kopf and the kubernetes client read it.
+- A projected ``serviceAccountToken`` volume with an audience of its own (the progress token of trial pods) is
+  written, bound to the pod, to a file in the pod's folder and renewed like the kubelet does; since volumes are
+  not mounted, an env value naming the mounted file (``<mountPath>/<path>``) is rewritten to that file.
 - Networking is the host's: every pod is 127.0.0.1 and shares its ports (two pods listening on one port
   collide), Service ClusterIPs and cluster DNS names do not resolve (point clients at 127.0.0.1:PORT).
 - Not done: probes (a running container is Ready), ``kubectl exec``/``port-forward``, volumes, pod-level
@@ -110,6 +113,8 @@ class PodRun:
     reported: dict[str, Any] = field(default_factory=dict)
     token_renew_at: float = 0.0
     kubeconfig: Path | None = None
+    token_files_renew_at: float = 0.0
+    token_files: dict[str, Path] = field(default_factory=dict)  # volume name -> the token file written
 
     @property
     def uid(self) -> str:
@@ -506,12 +511,62 @@ class Agent:
         projection = None
         for volume in spec.get("volumes") or []:
             for source in (volume.get("projected") or {}).get("sources") or []:
-                if "serviceAccountToken" in source:
+                if "serviceAccountToken" in source and not source["serviceAccountToken"].get("audience"):
                     projection = source["serviceAccountToken"]
         if projection is None:
             return None
         if run.kubeconfig is not None and time.monotonic() < run.token_renew_at:
             return run.kubeconfig
+        token, renew_at = self.request_token(run, projection)
+        run.token_renew_at = renew_at
+        account = spec.get("serviceAccountName") or "default"
+        namespace = run.pod["metadata"]["namespace"]
+        path = run.folder / "kubeconfig"
+        user = f"system:serviceaccount:{namespace}:{account}"
+        write_token_kubeconfig(self.server, self.ca_pem, user, token, path)
+        run.kubeconfig = path
+        return path
+
+    def token_files(self, run: PodRun) -> dict[str, Path]:
+        """Projected tokens with their own audience, each written to ``<pod folder>/volumes/<volume>/<path>``."""
+        if run.token_files and time.monotonic() < run.token_files_renew_at:
+            return run.token_files
+        for volume in run.pod.get("spec", {}).get("volumes") or []:
+            for source in (volume.get("projected") or {}).get("sources") or []:
+                projection = source.get("serviceAccountToken") or {}
+                if not projection.get("audience"):
+                    continue
+                token, renew_at = self.request_token(run, projection)
+                path = run.folder / "volumes" / volume["name"] / str(projection.get("path") or "token")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_suffix(".partial")
+                partial.write_text(token)
+                partial.chmod(0o600)
+                partial.replace(path)  # a reader never sees half a token
+                run.token_files[volume["name"]] = path
+                run.token_files_renew_at = renew_at
+        return run.token_files
+
+    @staticmethod
+    def mounted_token_paths(spec: dict[str, Any], pod: dict[str, Any], files: dict[str, Path]) -> dict[str, str]:
+        """``<mountPath>/<path>`` of each token file the container mounts -> where the file really is."""
+        paths: dict[str, str] = {}
+        projections = {
+            volume["name"]: source["serviceAccountToken"]
+            for volume in pod.get("spec", {}).get("volumes") or []
+            for source in (volume.get("projected") or {}).get("sources") or []
+            if (source.get("serviceAccountToken") or {}).get("audience")
+        }
+        for mount in spec.get("volumeMounts") or []:
+            name = mount.get("name")
+            if name in files and name in projections:
+                inside = f"{str(mount['mountPath']).rstrip('/')}/{projections[name].get('path') or 'token'}"
+                paths[inside] = str(files[name])
+        return paths
+
+    def request_token(self, run: PodRun, projection: dict[str, Any]) -> tuple[str, float]:
+        """A token bound to the pod for the projection's audience, and when to renew it (monotonic)."""
+        spec = run.pod.get("spec", {})
         audience = projection.get("audience")
         body = {
             "apiVersion": "authentication.k8s.io/v1",
@@ -535,12 +590,8 @@ class Agent:
         request = client.AuthenticationV1TokenRequest.model_validate(body)
         response = self.raw(self.core.create_namespaced_service_account_token, account, namespace, request)
         expires = datetime.datetime.fromisoformat(response["status"]["expirationTimestamp"]).timestamp()
-        run.token_renew_at = time.monotonic() + TOKEN_RENEW_FRACTION * max(expires - issued, 60)
-        path = run.folder / "kubeconfig"
-        user = f"system:serviceaccount:{namespace}:{account}"
-        write_token_kubeconfig(self.server, self.ca_pem, user, response["status"]["token"], path)
-        run.kubeconfig = path
-        return path
+        renew_at = time.monotonic() + TOKEN_RENEW_FRACTION * max(expires - issued, 60)
+        return str(response["status"]["token"]), renew_at
 
     def start(self, run: PodRun, container: podlib.ContainerRun) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -552,6 +603,8 @@ class Agent:
                 run.pod, spec, self._lookup("ConfigMap", namespace), self._lookup("Secret", namespace), self.capacity
             )
             kubeconfig = self.service_account_kubeconfig(run)
+            mounted = self.mounted_token_paths(spec, run.pod, self.token_files(run))
+            own = {name: mounted.get(value, value) for name, value in own.items()}
         except podlib.EnvError as e:
             container.waiting_reason, container.waiting_message = "CreateContainerConfigError", str(e)
             run.restart_at[container.name] = time.monotonic() + ENV_RETRY_SECONDS
@@ -685,6 +738,11 @@ class Agent:
                     self.service_account_kubeconfig(run)
                 except Exception as e:  # noqa: BLE001 - renewal is retried on the next tick
                     log.warning("token renewal failed pod=%s error=%s", run.key, e)
+            if run.token_files and now >= run.token_files_renew_at and run.processes:
+                try:
+                    self.token_files(run)
+                except Exception as e:  # noqa: BLE001 - renewal is retried on the next tick
+                    log.warning("token file renewal failed pod=%s error=%s", run.key, e)
             if run.deleting and not run.processes:
                 self.finish_deletion(run)
 

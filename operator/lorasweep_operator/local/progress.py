@@ -35,6 +35,7 @@ class State(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DONE_BEFORE = "done before"
+    STOPPED = "stopped"  # ended early by spec.earlyStopping
 
 
 FINISHED_STATES = (State.SUCCEEDED, State.DONE_BEFORE)

@@ -7,6 +7,11 @@ Same planning as the operator; each trial is a local ``lorasweep-trainer train``
 Resuming is by construction: a trial whose metrics.json exists is finished (the trainer writes it last),
 so a re-run skips it. Ctrl-C stops every trial (SIGTERM, then SIGKILL after a grace period); the stopped
 trials left no metrics.json and run again next time.
+
+Adaptive sweeps work as on the cluster (`local.adaptive` keeps their record): with spec.earlyStopping each
+running trial's epochs are read from its event log and ASHA's rung decisions (the operator's, `early_stopping`)
+end the trials behind (SIGTERM; recorded as stopped, not failed, and not run again); with search.optimize the
+next proposals are planned, as trials finish, from the proposals recorded so far.
 """
 
 from __future__ import annotations
@@ -15,18 +20,22 @@ import argparse
 import contextlib
 import fcntl
 import os
+import secrets
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, TextIO
 
+from lorasweep_operator.local import adaptive
 from lorasweep_operator.local.progress import (
     STARTING,
     State,
@@ -55,6 +64,7 @@ STOP_GRACE_SECONDS = 20.0
 POLL_SECONDS = 0.5
 LOCAL_STATE = Path("runs")
 LOCK_FILE = "run.lock"
+PROGRESS_TOKEN_FILE = "progress-token"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -201,14 +211,16 @@ class Running:
     folder: Path
     log: IO[bytes]
     gpu: str | None
+    stopping: bool = False  # ended by a rung decision (spec.earlyStopping)
+    signal_at: float | None = None  # when to SIGTERM a stopped trial that has not exited by itself
 
 
 class LocalSweep:
     def __init__(
         self, manifest: SweepManifest, trials: Sequence[PlannedTrial], options: RunOptions, out: TextIO | None = None
     ) -> None:
-        from lorasweep_operator.planning import trial_config
-        from lorasweep_operator.preparation import plan_preparation
+        from lorasweep_operator.preparation import plan_preparation, wanted
+        from lorasweep_operator.status import stopping_rule
         from lorasweep_trainer import storage
 
         self.manifest = manifest
@@ -218,20 +230,40 @@ class LocalSweep:
         self.stopping = 0
         self.configs: dict[str, TrialConfig] = {}
         self.progress: list[TrialProgress] = []
+        self.planned: dict[str, PlannedTrial] = {}
+        self.rule = stopping_rule(manifest.spec)
+        self.lock = threading.Lock()  # the progress endpoint's thread and the loop share the early-stopping record
+        self.progress_url: str | None = None
+        self.progress_token = secrets.token_urlsafe(32)
+        self.optimize = manifest.spec.search.optimize is not None
         # The operator's preparation step, as one local process before the trials (only for the trainer's own
         # command: another command may not read the cache).
-        cache = options.cache or storage.join(options.results, CACHE_FOLDER)
-        preparation = plan_preparation(manifest.spec, manifest.namespace, manifest.name, trials, cache)
-        prepares = list(options.command) == trainer_command()
-        self.preparation = preparation.config.model_copy(update={"device": options.device}) if prepares else None
+        self.cache_uri = options.cache or storage.join(options.results, CACHE_FOLDER)
+        self.prepares = list(options.command) == trainer_command() and wanted(manifest.spec)
+        preparation = plan_preparation(manifest.spec, manifest.namespace, manifest.name, trials, self.cache_uri)
+        self.preparation = preparation.config.model_copy(update={"device": options.device}) if self.prepares else None
+        # search.optimize plans from its record in the state folder, once that folder is locked (`replan`).
+        self.add_trials([] if self.optimize else trials)
+        self.prepared_code: int | None = None
+        self.running: dict[str, Running] = {}
+        self.failures: dict[str, str] = {}
+        self.free_gpus = list(options.gpus)
+        search = manifest.spec.search
+        total = search.optimize.trials if search.optimize is not None else len(self.progress)
+        self.screen = Screen(self.out, f"sweep {manifest.name}", total, options.parallel, self.interactive)
+
+    def add_trials(self, trials: Sequence[PlannedTrial]) -> None:
+        from lorasweep_operator.planning import trial_config
+        from lorasweep_operator.preparation import trial_cache
+        from lorasweep_trainer import storage
+
+        manifest, options = self.manifest, self.options
         for trial in trials:
-            config = trial_config(
-                manifest.spec,
-                manifest.namespace,
-                manifest.name,
-                trial,
-                cache=preparation.trial_caches[trial.id] if prepares else None,
-            )
+            if trial.id in self.planned:
+                continue
+            self.planned[trial.id] = trial
+            cache = trial_cache(manifest.spec, manifest.namespace, trial, self.cache_uri) if self.prepares else None
+            config = trial_config(manifest.spec, manifest.namespace, manifest.name, trial, cache=cache)
             # Local trials share one machine: no fixed metrics port to collide on, the device the user chose.
             self.configs[trial.id] = config.model_copy(
                 update={
@@ -242,11 +274,6 @@ class LocalSweep:
             )
             label = "baseline" if trial.group == "baseline" else f"{trial.group}: {trial.variant}"
             self.progress.append(TrialProgress(trial=trial.id, label=label, epochs=trial.training.epochs))
-        self.prepared_code: int | None = None
-        self.running: dict[str, Running] = {}
-        self.failures: dict[str, str] = {}
-        self.free_gpus = list(options.gpus)
-        self.screen = Screen(self.out, f"sweep {manifest.name}", len(self.progress), options.parallel, self.interactive)
 
     # --- the loop ---------------------------------------------------------------------------------------
 
@@ -269,10 +296,22 @@ class LocalSweep:
             return self.run_locked()
 
     def run_locked(self) -> int:
+        server = self.serve_progress() if self.rule is not None else None
+        try:
+            return self.run_sweep()
+        finally:
+            if server is not None:
+                server.shutdown()
+
+    def run_sweep(self) -> int:
         name = self.manifest.name
+        self.settle_proposals()
+        self.replan()
         for t in self.progress:
             if metrics_exist(self.metrics_uri(t.trial)):
                 t.state = State.DONE_BEFORE
+            elif self.stopped_before(t.trial):
+                t.state = State.STOPPED
         done = sum(t.state is State.DONE_BEFORE for t in self.progress)
         self.say(
             f"sweep {name}: {plural(len(self.progress), 'trial')}, {done} finished before (skipped), "
@@ -359,7 +398,11 @@ class LocalSweep:
     def pending(self) -> list[TrialProgress]:
         if self.too_many_failures():
             return []
-        return [t for t in self.progress if t.state is State.PENDING]
+        waiting = [t for t in self.progress if t.state is State.PENDING]
+        if self.optimize and not waiting and len(self.running) < self.options.parallel:
+            self.replan()  # a slot is free and nothing waits: the next proposals
+            waiting = [t for t in self.progress if t.state is State.PENDING]
+        return waiting
 
     def too_many_failures(self) -> bool:
         return len(self.failures) > self.manifest.spec.max_failed_trials
@@ -388,6 +431,13 @@ class LocalSweep:
             gpu = self.free_gpus.pop(0) if self.free_gpus else None
             if gpu is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpu
+            if self.progress_url is not None:
+                from lorasweep_trainer.progress import PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV
+
+                env[PROGRESS_URL_ENV] = self.progress_url
+                env[PROGRESS_TOKEN_ENV] = str(self.options.state / PROGRESS_TOKEN_FILE)
+            if self.optimize:
+                adaptive.write_proposal(folder, self.planned[t.trial])  # recorded before it runs
             log = (folder / "trainer.log").open("ab")
             process = subprocess.Popen(
                 list(self.options.command),
@@ -407,19 +457,30 @@ class LocalSweep:
         for trial, r in list(self.running.items()):
             self.read_progress(r)
             code = r.process.poll()
+            if self.rule is not None:
+                with self.lock:
+                    self.record_epochs(r)  # before `release` removes the event log of a trial that ended
             if code is None:
                 continue
             self.release(r)
             t = r.progress
             t.finished = time.monotonic()
-            if code == 0 and metrics_exist(self.metrics_uri(trial)):
+            finished = code == 0 and metrics_exist(self.metrics_uri(trial))
+            if r.stopping and not finished:  # a trial done before the signal reached it keeps its result
+                t.state = State.STOPPED
+            elif finished:
                 t.state = State.SUCCEEDED
                 t.val_accuracy = self.final_val_accuracy(r)
             else:
                 t.state = State.FAILED
                 t.reason = self.failure_reason(r, code)
                 self.failures[trial] = t.reason
+            if self.optimize:
+                adaptive.write_proposal(r.folder, self.planned[trial], *self.outcome(t, r))
             self.note(event(t, time.monotonic()))
+        if self.rule is not None:
+            with self.lock:
+                self.stop_early()
 
     def read_progress(self, r: Running) -> None:
         logs = sorted((r.folder / "tmp").glob(f"*/{EVENT_LOG}"))
@@ -472,6 +533,133 @@ class LocalSweep:
             self.free_gpus.append(r.gpu)
         del self.running[r.progress.trial]
 
+    # --- adaptive sweeps ---------------------------------------------------------------------------------
+
+    def replan(self) -> None:
+        """search.optimize: the next proposals, from the proposals recorded in the state folder."""
+        if not self.optimize:
+            return
+        from lorasweep_operator.planning import plan
+
+        history = adaptive.recorded_proposals(self.options.state)
+        # As many proposals as this run has slots (--parallel), each recorded when it is launched right after.
+        spec = self.manifest.spec.model_copy(update={"parallelism": self.options.parallel})
+        self.add_trials(plan(spec, self.manifest.name, history=history))
+
+    def settle_proposals(self) -> None:
+        """search.optimize: proposals that finished while a previous run was being stopped get their result recorded
+        before anything is planned from the record."""
+        if not self.optimize:
+            return
+        from lorasweep_trainer import storage
+        from lorasweep_trainer.results import METRICS_FILE, TrialMetrics
+
+        for record in adaptive.recorded_proposals(self.options.state):
+            uri = storage.join(self.options.results, f"{TRIALS_FOLDER}{record.id}/{METRICS_FILE}")
+            if record.phase != "Succeeded" and metrics_exist(uri):
+                metrics = TrialMetrics.model_validate_json(storage.read_bytes(uri))
+                objective = getattr(metrics, self.manifest.spec.objective.metric, None)
+                adaptive.write_proposal(self.options.state / "trials" / record.id, record, "Succeeded", objective)
+
+    def outcome(self, t: TrialProgress, r: Running) -> tuple[str, float | None]:
+        from lorasweep_trainer.results import TerminationSummary
+
+        phase = {State.SUCCEEDED: "Succeeded", State.STOPPED: "Stopped"}.get(t.state, "Failed")
+        if phase != "Succeeded":
+            return phase, None
+        try:
+            summary = TerminationSummary.decode((r.folder / "termination.json").read_text())
+        except (OSError, ValueError):
+            return phase, None
+        return phase, summary.metrics.get(self.manifest.spec.objective.metric)
+
+    def stopped_before(self, trial: str) -> bool:
+        if self.rule is None:
+            return False
+        _, decisions = adaptive.read_early_stopping(self.options.state / "trials" / trial)
+        return any(decision.get("stop") for decision in decisions.values())
+
+    def serve_progress(self) -> ThreadingHTTPServer:
+        """The operator's progress endpoint, locally: trainers report each epoch and learn at once whether the
+        rung decision stopped them. A secret of this run (a file only this user can read) authenticates them."""
+        from lorasweep_operator import progress_endpoint
+
+        token = self.options.state / PROGRESS_TOKEN_FILE
+        token.touch(mode=0o600)
+        token.write_text(self.progress_token)
+        server = progress_endpoint.serve(self.on_progress, 0, host="127.0.0.1")
+        self.progress_url = f"http://127.0.0.1:{server.server_address[1]}/v1/progress"
+        return server
+
+    def on_progress(self, token: str, body: bytes) -> dict[str, object]:
+        from pydantic import ValidationError
+
+        from lorasweep_operator.progress_endpoint import Refused
+        from lorasweep_trainer.progress import ProgressReport
+
+        assert self.rule is not None
+        if not secrets.compare_digest(token, self.progress_token):
+            raise Refused(401, "not this run's progress token")
+        try:
+            report = ProgressReport.model_validate_json(body)
+        except ValidationError as error:
+            raise Refused(400, f"not a progress report: {error.errors()[0]['msg']}") from None
+        if report.trial not in self.running:
+            raise Refused(404, f"trial {report.trial} is not running")
+        folder = self.options.state / "trials" / report.trial
+        with self.lock:
+            values, decisions = adaptive.read_early_stopping(folder)
+            if self.rule.metric in report.metrics:
+                values = {**values, report.epoch: report.metrics[self.rule.metric]}
+                adaptive.write_early_stopping(folder, values, decisions)
+            self.stop_early(reporting=report.trial)
+            _, decisions = adaptive.read_early_stopping(folder)
+        stopped = any(decision.get("stop") for decision in decisions.values())
+        running = self.running.get(report.trial)
+        return {"recorded": True, "stop": stopped, "reason": running.progress.reason if running else None}
+
+    def record_epochs(self, r: Running) -> None:
+        """The early-stopping metric of each epoch the trial's event log holds, into its record."""
+        assert self.rule is not None
+        folder = self.options.state / "trials" / r.progress.trial
+        values, decisions = adaptive.read_early_stopping(folder)
+        logs = sorted((r.folder / "tmp").glob(f"*/{EVENT_LOG}"))
+        reported = adaptive.epoch_metrics(logs[-1]) if logs else {}
+        fresh = {e: m[self.rule.metric] for e, m in reported.items() if self.rule.metric in m}
+        if fresh.items() - values.items():
+            adaptive.write_early_stopping(folder, {**values, **fresh}, decisions)
+
+    def stop_early(self, reporting: str | None = None) -> None:
+        """Make the rung decisions due over every trial's record (the operator's rule) and end the trials behind:
+        SIGTERM, except for the `reporting` trial, told in its answer; it gets a grace period to exit itself."""
+        from lorasweep_operator.early_stopping import History, decide
+
+        assert self.rule is not None
+        histories: dict[str, History] = {}
+        for t in self.progress:
+            values, decisions = adaptive.read_early_stopping(self.options.state / "trials" / t.trial)
+            if values or decisions:
+                r = self.running.get(t.trial)
+                decided = {rung: bool(d.get("stop")) for rung, d in decisions.items()}
+                live = r is not None and not r.stopping
+                histories[t.trial] = History(self.planned[t.trial].training.epochs, values, decided, not live)
+        for decision in decide(self.rule, histories):
+            folder = self.options.state / "trials" / decision.trial
+            values, decisions = adaptive.read_early_stopping(folder)
+            adaptive.write_early_stopping(folder, values, {**decisions, decision.rung: decision.to_json()})
+            if decision.stop:
+                r = self.running[decision.trial]
+                r.stopping = True
+                r.progress.reason = (
+                    f"stopped at epoch {decision.rung}: {self.rule.metric}={values[decision.rung]:.4g}, "
+                    f"cutoff {decision.cutoff:.4g} of {decision.compared} results"
+                )
+                r.signal_at = time.monotonic() + (STOP_GRACE_SECONDS if decision.trial == reporting else 0.0)
+        for r in self.running.values():
+            if r.signal_at is not None and time.monotonic() >= r.signal_at:
+                r.signal_at = None
+                _signal_group(r.process, signal.SIGTERM)
+
     # --- stopping ---------------------------------------------------------------------------------------
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -504,7 +692,9 @@ class LocalSweep:
         from lorasweep_trainer import storage
 
         succeeded = sum(t.state in (State.SUCCEEDED, State.DONE_BEFORE) for t in self.progress)
-        self.say(f"sweep {self.manifest.name}: {succeeded} succeeded, {len(self.failures)} failed")
+        stopped = sum(t.state is State.STOPPED for t in self.progress)
+        tally = f", {stopped} stopped early" if stopped else ""
+        self.say(f"sweep {self.manifest.name}: {succeeded} succeeded, {len(self.failures)} failed{tally}")
         if self.too_many_failures():
             skipped = sum(t.state is State.PENDING for t in self.progress)
             self.say(
