@@ -50,6 +50,7 @@ def test_report_from_and_to_s3(s3_server: Any, s3_bucket: str) -> None:
             "group-learning-rate.png",
             "group-lora-rank.png",
             "report.md",
+            "training-curves.png",
         )
     ]
     report = client.get_object(Bucket=s3_bucket, Key="sweeps/default/phase1/report/report.md")

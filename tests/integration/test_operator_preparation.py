@@ -144,7 +144,7 @@ def test_packed_trials_share_one_job_and_keep_their_own_results(
     cluster.kubectl("apply", "-f", "-", input=json.dumps(sweep))
     status = wait_phase(cluster, namespace, "packed", ("Succeeded", "Failed"), timeout=600)["status"]
     assert status["phase"] == "Succeeded", (json.dumps(status, indent=1), operator.log())
-    assert status["counts"] == {"total": 3, "pending": 0, "running": 0, "succeeded": 2, "failed": 1}
+    assert status["counts"] == {"total": 3, "pending": 0, "running": 0, "succeeded": 2, "failed": 1, "stopped": 0}
     (job,) = list_jobs(cluster, namespace)  # one pod ran all three
     assert {row["job"] for row in status["trials"]} == {job["metadata"]["name"]}
     failed = [row for row in status["trials"] if row["phase"] == "Failed"]

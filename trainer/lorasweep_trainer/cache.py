@@ -41,6 +41,7 @@ from safetensors.torch import save as save_safetensors
 from lorasweep_trainer import sampling, storage
 from lorasweep_trainer.data import Sample, Split
 from lorasweep_trainer.decode import CorruptClip, DecodePool, FrameRequest, train_seed
+from lorasweep_trainer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -168,20 +169,30 @@ def encoder_digest(encoder: torch.nn.Module) -> str:
 
 
 class ShardStore:
-    """Shards and manifests under the cache root (an ``s3://`` prefix or a folder)."""
+    """Shards and manifests under the cache root (an ``s3://`` prefix or a folder); with ``telemetry``, the
+    shards read from S3 count in the trainer's S3 counters like the clips a streaming trial reads."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, telemetry: Telemetry | None = None) -> None:
         self.root = root
+        self.telemetry = telemetry
+
+    def _read(self, uri: str) -> bytes | None:
+        started = time.perf_counter()
+        data = storage.read_bytes_if_exists(uri)
+        if data is not None and self.telemetry is not None and storage.is_s3(uri):
+            self.telemetry.s3_read_seconds.inc(time.perf_counter() - started)
+            self.telemetry.s3_read_bytes.inc(len(data))
+        return data
 
     def _uri(self, spec: ShardSpec, suffix: str) -> str:
         return storage.join(self.root, spec.name + suffix)
 
     def load(self, spec: ShardSpec, stats: CacheStats) -> Shard | None:
         """The shard, or None when it is absent or fails its checksum (then it must be rebuilt)."""
-        raw = storage.read_bytes_if_exists(self._uri(spec, ".json"))
+        raw = self._read(self._uri(spec, ".json"))
         if raw is None:
             return None
-        data = storage.read_bytes_if_exists(self._uri(spec, ".safetensors")) or b""
+        data = self._read(self._uri(spec, ".safetensors")) or b""
         try:
             manifest = json.loads(raw)
         except ValueError:
@@ -238,6 +249,7 @@ class Builder:
     fetch_threads: int = 4
     encode_batch_size: int = 16
     on_corrupt: Callable[[str, str], None] = lambda uri, error: None
+    telemetry: Telemetry | None = None  # decode seconds, as a streaming trial counts them
 
     def crop(self, frames: Any) -> torch.Tensor:
         """Decoded frames -> the processor's resized, centre-cropped uint8 (T, C, H, W)."""
@@ -259,6 +271,7 @@ class Builder:
 
         def load(uri: str) -> None:
             data = storage.read_bytes(uri)
+            started = time.perf_counter()
             try:
                 decoded = self.decoder.decode(data, requests[uri], self.frames_per_clip, _short_side(self.processor))
             except CorruptClip as error:
@@ -267,6 +280,8 @@ class Builder:
                 return
             for request, frames in zip(requests[uri], decoded, strict=True):
                 cropped[(uri, request)] = self.crop(frames)
+            if self.telemetry is not None:
+                self.telemetry.decode_seconds.inc(time.perf_counter() - started)
 
         with ThreadPoolExecutor(max_workers=self.fetch_threads, thread_name_prefix="cache-fetch") as pool:
             list(pool.map(load, list(requests)))

@@ -182,6 +182,7 @@ def cached_inputs(
     split: data.Split,
     etags: dict[str, tuple[str, int]],
     device: torch.device,
+    telemetry: Telemetry,
 ) -> TrialInputs:
     """The trial's shards (computed from its own config and model, so a stale entry is never found); a shard
     that is missing or fails its checksum is built here from the source clips and saved for the next trial."""
@@ -200,8 +201,9 @@ def cached_inputs(
         decoder,
         encoders={context.get("encoder", ""): modeling.encoder_features(base, device)},
         fetch_threads=cfg.io_threads,
+        telemetry=telemetry,
     )
-    store = cache.ShardStore(cfg.cache.uri)
+    store = cache.ShardStore(cfg.cache.uri, telemetry)
     kind: cache.Kind = "features" if features else "frames"
     stats = cache.CacheStats()
 
@@ -217,19 +219,22 @@ def cached_inputs(
             undecodable.update(shards[spec.key].corrupt)
         return shards[specs[0].key].encoder_ms_per_video
 
-    def clips(samples: list[data.Sample], name: str) -> Iterator[LoadedClip]:
+    def clips(samples: list[data.Sample], name: str, split: str) -> Iterator[LoadedClip]:
+        # Counted as a streaming trial counts its clips, so the dashboards read the same either way.
         for sample in samples:
             row = rows[name].get(sample.uri)
             if row is None:
+                telemetry.decode_failures(split).inc()
                 yield LoadedClip(sample, None, undecodable.get(sample.uri, "not in the cache shard"))
             else:
+                telemetry.clips_read(split).inc()
                 yield LoadedClip(sample, row if features else cache.normalize(processor, row))
 
     def train_clips(samples: list[data.Sample], epoch: int) -> Iterator[LoadedClip]:
         rows.pop(cache.train_part(cfg.seed, epoch - 1), None)  # one epoch's rows in memory at a time
         name = cache.train_part(cfg.seed, epoch)
         load_part(name, cache.train_items(split, etags, cfg.seed, epoch))
-        return clips(samples, name)
+        return clips(samples, name, "train")
 
     encoder_ms = load_part(cache.EVAL_PART, cache.eval_items(split, etags))
     head = modeling.head_logits(model)
@@ -237,7 +242,7 @@ def cached_inputs(
     log.info("trial inputs from the cache kind=%s uri=%s reason=%s", kind, cfg.cache.uri, reason)
     return TrialInputs(
         train=train_clips,
-        evaluate=lambda samples, _split: clips(samples, cache.EVAL_PART),
+        evaluate=lambda samples, split_name: clips(samples, cache.EVAL_PART, split_name),
         forward=head if features else (lambda pixels: model(pixel_values_videos=pixels).logits),
         feature_cache=FeatureCacheUse(used=features, reason=reason),
         close=decoder.close,
@@ -299,7 +304,7 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
         loader = ClipLoader(processor, cfg.model.frames_per_clip, telemetry, cfg.prefetch, cfg.io_threads)
         inputs = streamed_inputs(cfg, model, loader, "no cache: the trial was started without a preparation step")
     else:
-        inputs = cached_inputs(cfg, model, processor, split, etags, device)
+        inputs = cached_inputs(cfg, model, processor, split, etags, device, telemetry)
     log.info("feature cache used=%s reason=%s", inputs.feature_cache.used, inputs.feature_cache.reason)
     events.write("dataset", classes=classes, train=len(split.train), val=len(split.val), test=len(split.test))
 

@@ -47,7 +47,7 @@ from lorasweep_operator.local.progress import (
     trial_line,
 )
 from lorasweep_operator.local.terminal import Screen
-from lorasweep_trainer.config import CACHE_FOLDER, PERMANENT_EXIT_CODES, REPORT_FOLDER, TRIALS_FOLDER
+from lorasweep_trainer.config import CACHE_FOLDER, REPORT_FOLDER, TRIALS_FOLDER
 from lorasweep_trainer.results import EVENT_LOG
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ PROGRESS_TOKEN_FILE = "progress-token"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "exit codes: 0 every trial succeeded and the report is written; 1 some trials failed (the report covers "
+        "exit codes: 0 every trial succeeded and the report is written; 1 some trials (or the preparation) failed (the report covers "
         "the rest); 2 the sweep file is invalid; 3 another `lorasweep run` is working in the same folder; "
         "130 interrupted (run the same command again to resume)"
     )
@@ -384,7 +384,7 @@ class LocalSweep:
         except (OSError, ValueError):
             why = f"exit code {self.prepared_code}"
         self.say(f"preparation failed ({why}); no trial ran. Its log: {folder / 'prepare.log'}")
-        return EXIT_BAD_INPUT if self.prepared_code in PERMANENT_EXIT_CODES else EXIT_TRIALS_FAILED
+        return EXIT_TRIALS_FAILED
 
     def interrupted(self) -> str:
         """What to do after Ctrl-C: the next run starts every trial without a metrics.json, the check it makes."""
