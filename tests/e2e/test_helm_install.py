@@ -203,11 +203,11 @@ def test_helm_install_runs_the_tiny_sample_sweep(cluster: Any, namespace: str, s
         )
         bucket, key = report_uri.removeprefix("s3://").split("/", 1)
         assert "# " in s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-        # The Jobs (two trials, then the report) were made by the operator with the chart's identity and are
-        # owned by the sweep.
+        # The Jobs (the preparation, two trials, then the report) were made by the operator with the chart's
+        # identity and are owned by the sweep.
         jobs = json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
         components = sorted(job["metadata"]["labels"]["app.kubernetes.io/component"] for job in jobs)
-        assert components == ["report", "trial", "trial"]
+        assert components == ["prepare", "report", "trial", "trial"]
         for job in jobs:
             (owner,) = job["metadata"]["ownerReferences"]
             assert (owner["kind"], owner["name"]) == ("LoraSweep", manifest["metadata"]["name"])
