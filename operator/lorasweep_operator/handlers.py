@@ -415,6 +415,13 @@ def _prepare(
         job.message if job is not None else None,
         summary,
     )
+    before = current.previous.preparation
+    if state.phase in ("Succeeded", "Failed") and (before is None or before.phase != state.phase):
+        if state.phase == "Failed":
+            why = f"preparation Job {state.job} failed: {state.reason}: {state.message}"
+            current.events.append(statuses.Event("Warning", "PreparationFailed", why))
+        else:
+            current.events.append(statuses.Event("Normal", "Prepared", f"cache ready at {state.cache_uri}"))
     if state.phase == "Pending" and job is None and not spec.suspend:
         body = rendering.render_prepare_job(spec, current.namespace, current.name, current.uid, preparation)
         if kube.create_job(body):

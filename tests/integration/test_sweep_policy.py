@@ -249,7 +249,8 @@ def test_a_planted_secret_reaches_no_status_event_or_operator_log(
     storage = {"output": f"s3://{s3_bucket}/sweeps/", "endpoint": s3_server.endpoint_url, "credentialsSecret": SECRET}
     common = {"storage": storage, "backoffLimit": 0, "image": "lorasweep-trainer:test"}
     # A command that prints the secret to stdout and stderr and into its termination file, then fails;
-    # and the real trainer, failing on an empty dataset (its structured summary is what status may show).
+    # and the real trainer's preparation, failing on an empty dataset (its structured summary is what status may
+    # show).
     leak = sweep("leak", namespace, case_spec({**common, "command": ["python", "-c", LEAK]}))
     tiny = yaml.safe_load(TINY_SAMPLE.read_text())["spec"]
     empty = {**tiny["dataset"], "source": f"s3://{s3_bucket}/none/"}
@@ -265,13 +266,18 @@ def test_a_planted_secret_reaches_no_status_event_or_operator_log(
             rows = (get_sweep(cluster, namespace, name).get("status") or {}).get("trials") or []
             return rows[0] if rows and rows[0]["phase"] == "Failed" else None
 
+        def preparation_failed() -> dict[str, Any] | None:
+            status = get_sweep(cluster, namespace, "trainer").get("status") or {}
+            return status if status.get("phase") == "Failed" else None
+
         leak_row = wait_for("the leaking trial to fail", lambda: failed("leak"), timeout=120)
-        trainer_row = wait_for("the trainer's trial to fail", lambda: failed("trainer"), timeout=300)
+        trainer_status = wait_for("the trainer's preparation to fail", preparation_failed, timeout=300)
     finally:
         operator.stop()
 
     assert (leak_row["reason"], leak_row["message"]) == ("NoSummary", statuses.UNSTRUCTURED_MESSAGE)
-    assert trainer_row["reason"] == "DatasetUnusable", trainer_row  # the trainer's own summary still shows
+    # The trainer's own summary still shows.
+    assert trainer_status["preparation"]["reason"] == "DatasetUnusable", trainer_status
     logs = cluster.kubectl("logs", "-n", namespace, "-l", "lorasweep.dev/sweep=leak", "--tail=-1").stdout
     assert planted in logs, "the test has teeth: the command did print the secret"
     assert "unrelated: absent" in logs, "only the trainer's keys of the Secret reach the pod"
@@ -280,7 +286,7 @@ def test_a_planted_secret_reaches_no_status_event_or_operator_log(
 
     sweeps = cluster.kubectl("get", "lsw", "-n", namespace, "-o", "json").stdout
     event_list = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-    assert '"TrialFailed"' in event_list
+    assert '"TrialFailed"' in event_list and '"PreparationFailed"' in event_list
     for where, text in (
         ("sweep status", sweeps),
         ("Events", event_list),
@@ -289,9 +295,10 @@ def test_a_planted_secret_reaches_no_status_event_or_operator_log(
     ):
         assert planted not in text and unrelated not in text, f"a secret value leaked into the {where}"
 
-    # Both trial pods were admitted (and ran) in this namespace, which enforces Pod Security "restricted".
+    # The trial pod and the preparation pod were admitted (and ran) in this namespace, which enforces Pod
+    # Security "restricted".
     labels = json.loads(cluster.kubectl("get", "namespace", namespace, "-o", "json").stdout)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", "lorasweep.dev/trial", "-o", "json").stdout)
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", "lorasweep.dev/sweep", "-o", "json").stdout)
     assert {pod["metadata"]["labels"]["lorasweep.dev/sweep"] for pod in pods["items"]} == {"leak", "trainer"}
     assert all(pod["status"]["phase"] == "Failed" for pod in pods["items"])
