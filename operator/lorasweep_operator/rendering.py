@@ -222,6 +222,29 @@ def _progress(pod: dict[str, Any], container: dict[str, Any], progress_url: str)
     pod["volumes"] = [{"name": PROGRESS_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}]
 
 
+def _trial_job_spec(
+    spec: LoraSweepSpec, container: str, labels: dict[str, str], pod: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """(Job labels, Job spec) of a trial's Job or the preparation's: retried, timed and queued as the sweep says."""
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": _failure_policy(container, PERMANENT_EXIT_CODES),
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    if spec.queue_name:
+        job_spec["suspend"] = True  # Kueue admits it by unsuspending.
+    return job_labels, job_spec
+
+
 def render_job(
     spec: LoraSweepSpec,
     namespace: str,
@@ -240,25 +263,7 @@ def render_job(
     if progress_url and spec.early_stopping is not None:
         _progress(pod, container, progress_url)
     labels = trial_labels(sweep, trial)
-    job_labels = dict(labels)
-    if spec.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-    job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
-        "podFailurePolicy": _failure_policy(CONTAINER, PERMANENT_EXIT_CODES),
-        "template": {
-            "metadata": {"labels": labels},
-            "spec": pod,
-        },
-    }
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    if spec.queue_name:
-        job_spec["suspend"] = True  # Kueue admits it by unsuspending.
+    job_labels, job_spec = _trial_job_spec(spec, CONTAINER, labels, pod)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -374,22 +379,7 @@ def render_prepare_job(
     env = [{"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
     container = _container(spec, preparations.CONTAINER, list(preparations.COMMAND), env, _resources(spec))
     labels = {**report_labels(sweep), COMPONENT_LABEL: preparations.COMPONENT}
-    job_labels = dict(labels)
-    if spec.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-    job_spec: dict[str, Any] = {
-        "backoffLimit": spec.backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
-        "podFailurePolicy": _failure_policy(preparations.CONTAINER, PERMANENT_EXIT_CODES),
-        "template": {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container)},
-    }
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    if spec.queue_name:
-        job_spec["suspend"] = True
+    job_labels, job_spec = _trial_job_spec(spec, preparations.CONTAINER, labels, _pod_spec(spec, container))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -113,20 +113,24 @@ def test_interrupted_run_resumes_without_rerunning_finished_trials(tmp_path: Pat
     assert os.access(out / "report" / "confusion-matrix.png", os.R_OK)
 
 
-def test_failed_trials_stop_the_sweep_with_their_reason(tmp_path: Path, clips: Path) -> None:
-    sweep = tiny_sweep(clips)
-    spec: dict[str, Any] = sweep["spec"]  # type: ignore[assignment]
-    spec["training"]["lora"] = {"targetModules": ["no_such_module"]}  # every trial fails (exit 2)
-    spec["maxFailedTrials"] = 0
-    path = tmp_path / "sweep.yaml"
+def run_sweep(sweep: dict[str, Any], folder: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    out = tmp_path / "out"
-    done = subprocess.run(
+    return subprocess.run(
         [str(BIN / "lorasweep"), "run", str(path), "--out", str(out), "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_failed_trials_stop_the_sweep_with_their_reason(tmp_path: Path, clips: Path) -> None:
+    sweep = tiny_sweep(clips)
+    spec: dict[str, Any] = sweep["spec"]  # type: ignore[assignment]
+    spec["training"]["lora"] = {"targetModules": ["no_such_module"]}  # every trial fails (exit 2)
+    spec["maxFailedTrials"] = 0
+    out = tmp_path / "out"
+    done = run_sweep(sweep, tmp_path, out)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "sweep resume: 0 succeeded, 1 failed" in done.stdout
     assert "stopped launching after 1 failure (maxFailedTrials=0); 1 trial not run" in done.stdout
@@ -140,15 +144,8 @@ def test_an_unusable_dataset_fails_the_preparation_and_runs_no_trial(tmp_path: P
     sweep = tiny_sweep(clips)
     spec: dict[str, Any] = sweep["spec"]  # type: ignore[assignment]
     spec["dataset"]["classes"] = {"sit_down": [8], "jumping": [27], "other": "rest"}  # no clip of action 27
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
     out = tmp_path / "out"
-    done = subprocess.run(
-        [str(BIN / "lorasweep"), "run", str(path), "--out", str(out), "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_sweep(sweep, tmp_path, out)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "preparation failed (DatasetUnusable: no clips for class(es) ['jumping']" in done.stdout
     assert "no trial ran" in done.stdout and not list(out.glob("trials/*/trainer.log"))

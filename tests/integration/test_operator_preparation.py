@@ -36,6 +36,22 @@ def tiny_sweep(name: str, namespace: str, bucket: str, endpoint: str, rates: lis
     return manifest
 
 
+def clips_and_secret(cluster: Any, namespace: str, s3_server: Any, bucket: str, clips: bool = True) -> None:
+    """Synthetic clips of actions 8, 9 and 23 under s3://<bucket>/clips/, and the Secret ``s3`` with the keys."""
+    if clips:
+        subprocess.run(
+            [str(BIN / "lorasweep-trainer"), "synth", f"s3://{bucket}/clips/", "--actions", "8,9,23"]
+            + ["--clips-per-action", "4"],
+            check=True,
+            capture_output=True,
+            env={**s3_server.env, "PATH": str(BIN)},
+        )
+    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
+    cluster.kubectl(
+        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
+    )
+
+
 def phases_seen(cluster: Any, namespace: str, name: str, stop: threading.Event) -> list[str]:
     seen: list[str] = []
 
@@ -59,17 +75,7 @@ def metrics_of(s3_server: Any, uri: str) -> dict[str, Any]:
 def test_preparation_runs_once_before_the_trials_and_a_second_sweep_reuses_its_cache(
     cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
 ) -> None:
-    subprocess.run(
-        [str(BIN / "lorasweep-trainer"), "synth", f"s3://{s3_bucket}/clips/", "--actions", "8,9,23"]
-        + ["--clips-per-action", "4"],
-        check=True,
-        capture_output=True,
-        env={**s3_server.env, "PATH": str(BIN)},
-    )
-    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
-    cluster.kubectl(
-        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
-    )
+    clips_and_secret(cluster, namespace, s3_server, s3_bucket)
     stop = threading.Event()
     seen = phases_seen(cluster, namespace, "first", stop)
     first = tiny_sweep("first", namespace, s3_bucket, s3_server.endpoint_url, [1e-3, 5e-3])
@@ -106,10 +112,7 @@ def test_preparation_runs_once_before_the_trials_and_a_second_sweep_reuses_its_c
 def test_a_failed_preparation_fails_the_sweep_with_its_reason_and_launches_no_trial(
     cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
 ) -> None:
-    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
-    cluster.kubectl(
-        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
-    )
+    clips_and_secret(cluster, namespace, s3_server, s3_bucket, clips=False)
     sweep = tiny_sweep("no-clips", namespace, s3_bucket, s3_server.endpoint_url, [1e-3])  # nothing under clips/
     cluster.kubectl("apply", "-f", "-", input=json.dumps(sweep))
     status = wait_phase(cluster, namespace, "no-clips", ("Succeeded", "Failed"), timeout=300)["status"]
@@ -126,17 +129,7 @@ def test_a_failed_preparation_fails_the_sweep_with_its_reason_and_launches_no_tr
 def test_packed_trials_share_one_job_and_keep_their_own_results(
     cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
 ) -> None:
-    subprocess.run(
-        [str(BIN / "lorasweep-trainer"), "synth", f"s3://{s3_bucket}/clips/", "--actions", "8,9,23"]
-        + ["--clips-per-action", "4"],
-        check=True,
-        capture_output=True,
-        env={**s3_server.env, "PATH": str(BIN)},
-    )
-    secret = {k: v for k, v in s3_server.env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL_S3"}
-    cluster.kubectl(
-        "create", "secret", "generic", "s3", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret.items()]
-    )
+    clips_and_secret(cluster, namespace, s3_server, s3_bucket)
     sweep = tiny_sweep("packed", namespace, s3_bucket, s3_server.endpoint_url, [1e-3, 5e-3])
     # A third trial whose LoRA target the model lacks: it fails for good (exit 2), its neighbours still succeed.
     sweep["spec"]["search"]["list"].append({"lora": {"targetModules": ["no_such_module"]}})
