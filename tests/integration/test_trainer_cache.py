@@ -8,6 +8,9 @@ and the decoder worker processes are the real ones.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,9 @@ from typing import Any
 import pytest
 
 from lorasweep_trainer import cache, storage
-from lorasweep_trainer.config import CacheConfig, PrepareConfig, TrialConfig
+from lorasweep_trainer.config import PACK_ENV, TERMINATION_LOG_ENV, CacheConfig, PrepareConfig, TrialConfig
 from lorasweep_trainer.prepare import prepare
-from lorasweep_trainer.results import TrialMetrics
+from lorasweep_trainer.results import PackSummary, TrialMetrics
 from lorasweep_trainer.synth import SynthSpec, write_dataset
 from lorasweep_trainer.train import run_trial
 
@@ -177,3 +180,33 @@ def test_a_second_preparation_reuses_every_shard(bucket: str, prepared: tuple[st
     cache_uri, first = prepared
     again = cache.CacheStats(**prepare(preparation(bucket, cache_uri)).stats)
     assert (again.hits, again.built, again.decodes, again.encoder_forwards) == (first.built, 0, 0, 0)
+
+
+def test_packed_trials_give_the_results_they_give_alone(
+    bucket: str, s3_server: Any, prepared: tuple[str, Any], tmp_path: Path
+) -> None:
+    """Two trials packed in one `lorasweep-trainer train` process (a forked child each) give what each gives in
+    a process of its own: the same epochs, predictions and test accuracy, each in its own metrics.json."""
+    cache_uri, _ = prepared
+    configs = [
+        trial(bucket, f"packed-{i}", cache_uri, features=True, lora={"dropout": dropout})
+        for i, dropout in enumerate((0.0, 0.2))
+    ]
+    alone = [run(cfg.model_copy(update={"trial": f"alone-{cfg.trial}"}), tmp_path) for cfg in configs]
+    termination = tmp_path / "pack-termination.json"
+    env = {
+        **os.environ,
+        **s3_server.env,
+        PACK_ENV: "[" + ",".join(cfg.model_dump_json(by_alias=True) for cfg in configs) + "]",
+        TERMINATION_LOG_ENV: str(termination),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "lorasweep_trainer.cli", "train"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = PackSummary.model_validate_json(termination.read_text())
+    assert [s.trial for s in summary.pack] == [cfg.trial for cfg in configs]
+    for cfg, single in zip(configs, alone, strict=True):
+        packed = TrialMetrics.model_validate_json(storage.read_bytes(f"{cfg.output}metrics.json"))
+        assert packed.trial == cfg.trial
+        same_results(single, packed)
