@@ -138,7 +138,7 @@ def test_operator_deployment(render: Render) -> None:
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    assert ports == {"metrics": 8080, "healthz": 8081}
+    assert ports == {"metrics": 8080, "healthz": 8081, "progress": 8082}
     # The probes call kopf's liveness endpoint, at the port and path the operator is told to serve it on.
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
@@ -155,7 +155,14 @@ def test_operator_deployment(render: Render) -> None:
     service = the(objects, "Service")
     assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
-    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"},
+        {"name": "progress", "port": 8082, "targetPort": "progress", "protocol": "TCP"},
+    ]
+    # Trial pods of sweeps with spec.earlyStopping report their epochs through that Service.
+    service_host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert "--progress-port=8082" in container["args"]
+    assert f"--progress-url=http://{service_host}:8082/v1/progress" in container["args"]
 
 
 def test_cluster_mode_uses_one_cluster_role(render: Render) -> None:
@@ -189,6 +196,8 @@ def test_namespaced_mode_grants_nothing_cluster_wide(render: Render) -> None:
     args = the(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [arg for arg in args if arg.startswith("--namespace=")] == [f"--namespace={ns}" for ns in watched]
     assert "--all-namespaces" not in args
+    # TokenReviews are cluster-scoped: no progress endpoint (early stopping) without a cluster-wide grant.
+    assert not [arg for arg in args if arg.startswith("--progress-")]
 
 
 def test_monitors_and_dashboards(render: Render) -> None:

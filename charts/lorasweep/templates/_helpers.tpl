@@ -97,3 +97,8 @@ holds it equal to this one and to deploy/rbac/):
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* The progress endpoint (spec.earlyStopping) is served in cluster mode: its TokenReviews are cluster-scoped. */}}
+{{- define "lorasweep.progressEnabled" -}}
+{{- if and .Values.earlyStopping.enabled (include "lorasweep.clusterMode" .) }}true{{- end }}
+{{- end }}
