@@ -787,16 +787,11 @@ def termination_message_of(pods: Sequence[Mapping[str, Any]], job: str, containe
 
 def report_summary(pods: Sequence[Mapping[str, Any]], job: str) -> ReportSummary | None:
     """The latest termination summary of report Job `job`'s pods; a crash as a Failed one (never its text)."""
-    latest: tuple[str, str] | None = None
-    for pod in pods:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        found = termination_message(pod, REPORT_CONTAINER)
-        if is_report(pod) and labels.get(JOB_NAME_LABEL) == job and found and (latest is None or found >= latest):
-            latest = found
-    if latest is None:
+    message = termination_message_of([pod for pod in pods if is_report(pod)], job, REPORT_CONTAINER)
+    if message is None:
         return None
     try:
-        return ReportSummary.decode(latest[1])
+        return ReportSummary.decode(message)
     except ValidationError:
         return ReportSummary(status="Failed", reason="NoSummary", message=UNSTRUCTURED_MESSAGE)
 
