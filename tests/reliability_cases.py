@@ -13,10 +13,12 @@ from lorasweep_trainer.results import TerminationSummary
 
 
 def spec(**changes: Any) -> dict[str, Any]:
-    # A command of its own: these sweeps have no preparation step, their first pass launches trials.
+    # A command of its own and a preset (no weights to fetch): these sweeps have no preparation step, their first
+    # pass launches trials.
     return {
         "image": "trainer:1",
         "command": ["python", "-m", "trial_stand_in"],
+        "model": {"preset": "tiny", "framesPerClip": 4},
         "dataset": {"source": "s3://b/clips/"},
         "search": {"list": [{"learningRate": (i + 1) * 1e-4} for i in range(3)]},
         "storage": {"output": "s3://b/out/"},

@@ -78,9 +78,33 @@ GOOD = [
                                           "weightDecay": [round(0.001 * j, 6) for j in range(100)]})),
     Case("objective-val-loss", lambda spec: spec.update(objective={"metric": "val_loss", "goal": "minimize"})),
     Case("packing", lambda spec: spec.update(packing=4, featureCache="off")),
+    Case("model-from-s3", lambda spec: spec.update(model={"source": "s3://models/vjepa2-vitl/"})),
+    Case("model-on-a-volume", lambda spec: spec.update(model={"source": "/models/vjepa2-vitl"})),
+    Case("model-hub-revision", lambda spec: spec.update(model={"source": "facebook/vjepa2-vitl-fpc16-256-ssv2",
+                                                               "revision": "main"})),
 ]  # fmt: skip
 
 BAD = [
+    Case(
+        "model-name-renamed",
+        lambda spec: spec.update(model={"name": "facebook/vjepa2-vitl-fpc16-256-ssv2"}),
+        text="model.name was renamed to model.source: write model.source",
+    ),
+    Case(
+        "model-source-relative-path",
+        lambda spec: spec.update(model={"source": "./checkpoints/vjepa2"}),
+        text="is neither a hub name (org/name), an s3://bucket/prefix/ nor an absolute path",
+    ),
+    Case(
+        "model-source-s3-without-bucket",
+        lambda spec: spec.update(model={"source": "s3:///models/"}),
+        text="names no bucket; write s3://bucket/prefix/",
+    ),
+    Case(
+        "model-revision-of-an-s3-folder",
+        lambda spec: spec.update(model={"source": "s3://models/vjepa2/", "revision": "main"}),
+        text="model.revision applies to hub names only",
+    ),
     Case(
         "early-stopping-with-packing",
         lambda spec: spec.update(packing=2, earlyStopping={"algorithm": "asha"}),

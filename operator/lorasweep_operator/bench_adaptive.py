@@ -50,7 +50,7 @@ class Result:
 def manifest(clips: Path, clips_per_action: int, early_stopping: bool) -> dict[str, Any]:
     document: dict[str, Any] = copy.deepcopy(yaml.safe_load(REFERENCE.read_text()))
     spec = document["spec"]
-    spec["model"] = {"name": "tiny", "preset": "tiny", "framesPerClip": 4}
+    spec["model"] = {"preset": "tiny", "framesPerClip": 4}
     spec["dataset"].update(source=f"{clips}/", videosPerClass=clips_per_action)
     spec["resources"] = {"limits": {"cpu": "1"}}
     if early_stopping:

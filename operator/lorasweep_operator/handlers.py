@@ -45,7 +45,7 @@ from lorasweep_operator.spec import (
     SpecError,
     parse_spec,
 )
-from lorasweep_trainer.config import Goal, trial_output
+from lorasweep_trainer.config import Goal, ModelWeights, trial_output
 from lorasweep_trainer.results import TerminationSummary
 
 log = logging.getLogger(__name__)
@@ -317,17 +317,18 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     if spec.early_stopping is not None:
         jobs = _stop_early(kube, current, spec, plan, jobs)
 
-    # No preparation for a command of the user's own, nor once every trial has finished (a sweep from before
-    # preparation steps existed).
-    needed = preparations.wanted(spec) and any(trial.id not in current.previous.outcomes for trial in plan)
+    # No preparation for a preset's random weights with a command of the user's own, nor once every trial has
+    # finished (a sweep from before preparation steps existed).
+    needed = preparations.needed(spec) and any(trial.id not in current.previous.outcomes for trial in plan)
     preparation = _prepare(kube, current, spec, plan, others, pods) if needed else None
     launched = []
     ready = preparation is None or preparation.phase == "Succeeded"
+    weights = preparation.weights if preparation is not None else None  # pinned: the same for every trial
     for trial in statuses.launches(spec, plan, jobs, current.previous) if ready else []:
         packed = spec.packing > 1
         if any(job.name == trial.job_name for job in jobs):  # a pack's earlier member created it in this pass
             jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=packed))
-        elif kube.create_job(_render_trial_job(spec, current, plan, trial)):
+        elif kube.create_job(_render_trial_job(spec, current, plan, trial, weights)):
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
             jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=packed))
@@ -383,13 +384,19 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
 
 
 def _render_trial_job(
-    spec: LoraSweepSpec, current: Pass, plan: list[planning.PlannedTrial], trial: planning.PlannedTrial
+    spec: LoraSweepSpec,
+    current: Pass,
+    plan: list[planning.PlannedTrial],
+    trial: planning.PlannedTrial,
+    weights: ModelWeights | None,
 ) -> dict[str, Any]:
     """The Job of ``trial``: its own, or with spec.packing > 1 its pack's (every plan member of that Job)."""
     if spec.packing == 1:
-        return rendering.render_job(spec, current.namespace, current.name, current.uid, trial, SETTINGS.progress_url)
+        return rendering.render_job(
+            spec, current.namespace, current.name, current.uid, trial, SETTINGS.progress_url, weights
+        )
     members = [member for member in plan if member.job_name == trial.job_name]
-    return rendering.render_pack_job(spec, current.namespace, current.name, current.uid, members)
+    return rendering.render_pack_job(spec, current.namespace, current.name, current.uid, members, weights)
 
 
 def _prepare(

@@ -42,7 +42,7 @@ from lorasweep_operator.spec import (
     TrialPhase,
     TrialStatus,
 )
-from lorasweep_trainer.config import CacheConfig, TrialConfig, trial_output
+from lorasweep_trainer.config import CacheConfig, ModelWeights, TrialConfig, trial_output
 
 TRIAL_ID_LENGTH = 10
 SWEEP_HASH_LENGTH = 5
@@ -422,9 +422,11 @@ def trial_config(
     trial: PlannedTrial,
     output_root: str | None = None,
     cache: CacheConfig | None = None,
+    weights: ModelWeights | None = None,
 ) -> TrialConfig:
     """The `LORASWEEP_TRIAL` document for one planned trial; `output_root` defaults to `spec.storage.output`;
-    ``cache``: where the preparation left the trial's inputs (preparation.plan_preparation)."""
+    ``cache``: where the preparation left the trial's inputs (preparation.plan_preparation); ``weights``: the model
+    it fetched, at the revision it resolved (status.preparation.weights), the same for every trial."""
     root = output_root if output_root is not None else spec.storage.output
     return TrialConfig(
         namespace=namespace,
@@ -438,6 +440,7 @@ def trial_config(
         seed=trial.seed,
         output=trial_output(root, namespace, sweep, trial.id),
         cache=cache,
+        weights=weights,
     )
 
 

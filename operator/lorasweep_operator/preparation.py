@@ -1,7 +1,8 @@
 """The sweep's preparation step, planned and observed. Pure; the handler does the API I/O.
 
-Before its trials, a sweep runs one preparation Job (`lorasweep-trainer prepare`): it decodes every selected
-clip once and, where the trials allow it, runs the frozen encoder once per (clip, frame sample), into the
+Before its trials, a sweep runs one preparation Job (`lorasweep-trainer prepare`): it fetches the model once
+from ``model.source`` into the cache (or verifies it in place on a volume) and resolves its revision, which every
+trial's configuration then pins (`status.preparation.weights`); it decodes every selected clip once and, where the trials allow it, runs the frozen encoder once per (clip, frame sample), into the
 content-keyed cache ``<output>/<namespace>/cache/`` (lorasweep_trainer.cache). Trials then read their inputs
 from there. The cache is shared by every sweep of the namespace, so a second sweep over the same data and model
 (a fromSweep follow-up with other hyperparameters) finds every shard already made and its preparation ends in
@@ -45,9 +46,20 @@ class Preparation:
 
 
 def wanted(spec: LoraSweepSpec) -> bool:
-    """A sweep prepares when its trials run the trainer itself; a command of the user's own may not read the
-    cache, so its trials stream their clips as before (and no preparation Job runs)."""
+    """The clips are prepared (decoded, encoded) when the trials run the trainer itself; a command of the user's
+    own may not read the cache, so its trials stream their clips as before."""
     return tuple(spec.command) == DEFAULT_COMMAND
+
+
+def fetches_model(spec: LoraSweepSpec) -> bool:
+    """The model is fetched once for the trials whatever their command: every model but a preset's random weights."""
+    return spec.model.fetched
+
+
+def needed(spec: LoraSweepSpec) -> bool:
+    """A preparation Job runs before the trials: for the clips (`wanted`), or for the model alone (`fetches_model`,
+    a command of the user's own: the Job runs ``lorasweep-trainer prepare`` in spec.image with ``shards: false``)."""
+    return wanted(spec) or fetches_model(spec)
 
 
 def feature_cache_reason(spec: LoraSweepSpec, trial: PlannedTrial) -> tuple[bool, str]:
@@ -99,6 +111,7 @@ def plan_preparation(
         cache=CacheConfig(uri=uri, features=spec.feature_cache != "off" and not all(blocked)),
         frames=spec.feature_cache == "off" or any(blocked),
         require_features=spec.feature_cache == "on",
+        shards=wanted(spec),
     )
     # The name changes with what is prepared (an edit of spec.training.epochs prepares the new epochs).
     digest = short_hash(json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True))
@@ -142,6 +155,7 @@ def observe(
                 "reason": (summary.reason or None) if summary else None,
                 "stats": summary.stats if summary else {},
                 "seconds": summary.seconds if summary else None,
+                "weights": summary.weights if summary else None,
             }
         )
     reason = summary.reason if summary is not None and summary.reason else (job_reason or "Failed")
@@ -155,11 +169,20 @@ def apply(status: LoraSweepStatus, preparation: PreparationStatus, now: str) -> 
 
     stats = preparation.stats
     if preparation.phase == "Succeeded":
-        detail = (
-            f"cache {preparation.cache_uri}: {stats.get('hits', 0)} shards reused, {stats.get('built', 0)} built, "
-            f"{stats.get('decodes', 0)} clips decoded, {stats.get('encoder_forwards', 0)} encoder forwards"
-            + ("" if preparation.features else "; decoded frames only (no encoder features)")
-        )
+        shards = "hits" in stats or "built" in stats  # a model-only preparation (a command of one's own) has none
+        detail = f"cache {preparation.cache_uri}"
+        if shards:
+            detail += (
+                f": {stats.get('hits', 0)} shards reused, {stats.get('built', 0)} built, "
+                f"{stats.get('decodes', 0)} clips decoded, {stats.get('encoder_forwards', 0)} encoder forwards"
+                + ("" if preparation.features else "; decoded frames only (no encoder features)")
+            )
+        if preparation.weights is not None:
+            detail += (
+                f"; model at revision {preparation.weights.revision}: {stats.get('model_files', 0)} files, "
+                f"{stats.get('model_bytes_fetched', 0)} bytes fetched"
+                + (" (reused from the cache)" if stats.get("model_reused") else "")
+            )
         condition = Condition(type=CACHE_READY, status="True", reason="Prepared", message=detail)
         return status.model_copy(
             update={"preparation": preparation, "conditions": set_condition(status.conditions, condition, now)}
@@ -178,7 +201,10 @@ def apply(status: LoraSweepStatus, preparation: PreparationStatus, now: str) -> 
                 "completion_time": status.completion_time or now,
             }
         )
-    message = f"decoding the sweep's clips once (and encoding them once) in Job {preparation.job}"
+    message = (
+        f"preparing the sweep's shared work in Job {preparation.job}: the model fetched once, the clips decoded "
+        "(and encoded) once"
+    )
     condition = Condition(type=CACHE_READY, status="False", reason="Preparing", message=message)
     update: dict[str, Any] = {
         "preparation": preparation,

@@ -31,6 +31,7 @@ from lorasweep_trainer.config import (
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
     TRIALS_FOLDER,
+    ModelWeights,
     sweep_output,
 )
 from lorasweep_trainer.progress import AUDIENCE, PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV
@@ -55,6 +56,8 @@ APP_LABELS = {
 COMPONENT_LABEL = "app.kubernetes.io/component"
 REPORT_COMPONENT = "report"
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+# huggingface_hub's switch: no request to the hub at all (from_pretrained of a local folder needs none).
+HUB_OFFLINE = {"name": "HF_HUB_OFFLINE", "value": "1"}
 # The keys of spec.storage.credentialsSecret a trial reads (name -> optional), each by secretKeyRef: the rest of
 # that Secret never reaches the pod, so a Secret shared with other tools gives a trial only what it needs.
 CREDENTIAL_KEYS = {
@@ -252,11 +255,16 @@ def render_job(
     sweep_uid: str,
     trial: PlannedTrial,
     progress_url: str | None = None,
+    weights: ModelWeights | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`, reading the preparation's cache;
-    `progress_url`: the operator's progress endpoint, given to the trainer when the sweep stops trials early."""
-    config = trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
+    `progress_url`: the operator's progress endpoint, given to the trainer when the sweep stops trials early;
+    `weights`: the model the preparation fetched, pinned at its resolved revision (status.preparation.weights)."""
+    cache = preparations.trial_cache(spec, namespace, trial)
+    config = trial_config(spec, namespace, sweep, trial, cache=cache, weights=weights)
     env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    if weights is not None:
+        env.append(dict(HUB_OFFLINE))  # the trial loads the files the preparation verified: it never needs the hub
     container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
     container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
     pod = _pod_spec(spec, container)
@@ -283,13 +291,20 @@ def render_job(
 
 
 def render_pack_job(
-    spec: LoraSweepSpec, namespace: str, sweep: str, sweep_uid: str, members: Sequence[PlannedTrial]
+    spec: LoraSweepSpec,
+    namespace: str,
+    sweep: str,
+    sweep_uid: str,
+    members: Sequence[PlannedTrial],
+    weights: ModelWeights | None = None,
 ) -> dict[str, Any]:
     """The Job of packed trials (spec.packing > 1): a trial's Job whose pod runs every member, one after another
     (`LORASWEEP_PACK`); its trial label names the pack, its `TRIALS_ANNOTATION` the members in order."""
-    job = render_job(spec, namespace, sweep, sweep_uid, members[0])
+    job = render_job(spec, namespace, sweep, sweep_uid, members[0], weights=weights)
     configs = [
-        trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
+        trial_config(
+            spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial), weights=weights
+        )
         for trial in members
     ]
     document = "[" + ",".join(config.model_dump_json(by_alias=True) for config in configs) + "]"
@@ -377,6 +392,8 @@ def render_prepare_job(
     """The batch/v1 Job of the sweep's preparation step: placed, sized and retried like a trial (it runs the
     encoder on the trials' GPU type), with the trials' storage access."""
     env = [{"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    if preparation.config.model.source_kind != "hub":
+        env.append(dict(HUB_OFFLINE))  # weights from object storage or a volume: nothing of the hub is needed
     container = _container(spec, preparations.CONTAINER, list(preparations.COMMAND), env, _resources(spec))
     labels = {**report_labels(sweep), COMPONENT_LABEL: preparations.COMPONENT}
     job_labels, job_spec = _trial_job_spec(spec, preparations.CONTAINER, labels, _pod_spec(spec, container))

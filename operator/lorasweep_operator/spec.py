@@ -25,6 +25,7 @@ from lorasweep_trainer.config import (
     Goal,
     LoraConfig,
     ModelConfig,
+    ModelWeights,
     ObjectiveMetric,
     SplitConfig,
     TrainingConfig,
@@ -599,6 +600,9 @@ class PreparationStatus(StatusModel):
     message: str | None = None
     stats: dict[str, int] = Field(default_factory=dict)
     seconds: float | None = None
+    weights: ModelWeights | None = Field(
+        default=None, description="the model fetched for the trials and its resolved revision, pinned in each trial"
+    )
 
 
 FINISHED_KEYS: dict[str, Literal["Succeeded", "Failed", "Stopped"]] = {

@@ -211,6 +211,8 @@ def sweep_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "image": "lorasweep-trainer:test",
         "command": ["python", "-c", STAND_IN],
+        # The stand-in loads no model: a preset has no weights to fetch, so the sweep has no preparation Job.
+        "model": {"preset": "tiny", "framesPerClip": 4},
         "dataset": {"source": "s3://bucket/clips/"},
         "training": {"epochs": 2},
         "storage": {"output": "s3://bucket/sweeps/"},

@@ -26,7 +26,7 @@ def tiny_sweep(clips: Path) -> dict[str, object]:
         "metadata": {"name": "resume"},
         "spec": {
             "image": "lorasweep-trainer:cpu",
-            "model": {"name": "tiny", "preset": "tiny", "framesPerClip": 4},
+            "model": {"preset": "tiny", "framesPerClip": 4},
             "dataset": {
                 "source": f"{clips}/",
                 "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},

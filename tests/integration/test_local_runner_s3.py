@@ -75,7 +75,7 @@ def test_run_writes_trials_and_report_to_the_sweeps_storage(s3_server: Any, s3_b
         "metadata": {"name": "s3run", "namespace": "team-a"},
         "spec": {
             "image": "lorasweep-trainer:cpu",
-            "model": {"name": "tiny", "preset": "tiny", "framesPerClip": 4},
+            "model": {"preset": "tiny", "framesPerClip": 4},
             "dataset": {
                 "source": clips,
                 "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},

@@ -251,7 +251,8 @@ def test_a_planted_secret_reaches_no_status_event_or_operator_log(
     # A command that prints the secret to stdout and stderr and into its termination file, then fails;
     # and the real trainer's preparation, failing on an empty dataset (its structured summary is what status may
     # show).
-    leak = sweep("leak", namespace, case_spec({**common, "command": ["python", "-c", LEAK]}))
+    stand_in = {"command": ["python", "-c", LEAK], "model": {"preset": "tiny"}}  # no weights to fetch first
+    leak = sweep("leak", namespace, case_spec({**common, **stand_in}))
     tiny = yaml.safe_load(TINY_SAMPLE.read_text())["spec"]
     empty = {**tiny["dataset"], "source": f"s3://{s3_bucket}/none/"}
     trainer = sweep("trainer", namespace, case_spec({**common, "model": tiny["model"], "dataset": empty}))

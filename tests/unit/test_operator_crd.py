@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from lorasweep_operator import spec as specs
 from lorasweep_operator.planning import plan
+from lorasweep_trainer.config import RENAMED_MODEL_FIELDS, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "deploy" / "crd" / "lorasweeps.lorasweep.dev.yaml"
@@ -53,6 +54,8 @@ def _plain(value: Any) -> Any:
 
 def compare(model: type[BaseModel], schema: dict[str, Any], where: str, problems: list[str]) -> None:
     properties = schema.get("properties", {})
+    if model is ModelConfig:  # a renamed field stays in the schema only for its CEL rule's message
+        properties = {key: node for key, node in properties.items() if key not in RENAMED_MODEL_FIELDS}
     fields = {(info.alias or name): (name, info) for name, info in model.model_fields.items()}
     if set(fields) != set(properties):
         problems.append(f"{where}: pydantic {sorted(fields)} != CRD {sorted(properties)}")
@@ -86,6 +89,14 @@ def test_crd_and_pydantic_models_agree() -> None:
     problems: list[str] = []
     compare(specs.LoraSweepSpec, spec_schema(), "spec", problems)
     assert problems == []
+
+
+def test_a_renamed_model_field_is_kept_in_the_crd_to_say_its_new_name() -> None:
+    model = spec_schema()["properties"]["model"]
+    messages = [rule["message"] for rule in model["x-kubernetes-validations"]]
+    for old, new in RENAMED_MODEL_FIELDS.items():
+        assert old in model["properties"] and new in model["properties"]
+        assert any(f"model.{old} was renamed to model.{new}: write model.{new}" in m for m in messages), messages
 
 
 def test_crd_identity_and_printer_columns() -> None:

@@ -27,7 +27,7 @@ kind: LoraSweep
 metadata: {name: phase1, namespace: research}
 spec:
   image: ghcr.io/example/lorasweep-trainer:0.1.0
-  model: {name: facebook/vjepa2-vitl-fpc16-256-ssv2, framesPerClip: 8}
+  model: {source: facebook/vjepa2-vitl-fpc16-256-ssv2, framesPerClip: 8}
   dataset:
     source: s3://bucket/nturgbd_rgb/
     classes: {sit_down: [8], stand_up: [9], waving: [23], other: rest}

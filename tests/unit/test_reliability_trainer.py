@@ -23,7 +23,7 @@ def _trial(model: str, tmp_path: Path) -> str:
             "namespace": "team-a",
             "sweep": "offline",
             "trial": "t-0",
-            "model": {"name": model, "framesPerClip": 8},
+            "model": {"source": model, "framesPerClip": 8},
             "dataset": {"source": str(tmp_path / "clips")},  # never read: the model comes first
             "output": str(tmp_path / "out") + "/",
             "metricsPort": 0,
@@ -31,7 +31,7 @@ def _trial(model: str, tmp_path: Path) -> str:
     )
 
 
-MODELS = ("/nonexistent/vjepa2-checkpoint", "nobody/vjepa2-absent")  # a wrong path, a hub name offline
+MODELS = ("/nonexistent/vjepa2-checkpoint", "nobody/vjepa2-absent")  # a volume path not mounted, a hub name offline
 # One child process for both (importing torch dominates): HF_HUB_OFFLINE is read when huggingface_hub is imported.
 DRIVER = """
 import os, sys
@@ -56,7 +56,7 @@ def test_a_model_that_cannot_be_loaded_exits_2_with_reason_model_unavailable(tmp
     for index, model in enumerate(MODELS):
         summary = TerminationSummary.decode((tmp_path / f"termination-{index}").read_text())
         assert (summary.status, summary.reason) == ("Failed", "ModelUnavailable")
-        assert summary.message is not None and f"model.name {model!r} cannot be loaded" in summary.message
+        assert summary.message is not None and f"model.source {model!r} cannot be " in summary.message
         assert "save_pretrained checkpoint" in summary.message and "HF_HUB_OFFLINE=1" in summary.message
     assert "Traceback" not in result.stderr
 

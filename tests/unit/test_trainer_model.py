@@ -90,10 +90,10 @@ def test_from_pretrained_path_replaces_the_head_for_our_classes(tmp_path: Path) 
     # A checkpoint with another head (like the SSv2 one with 174 classes), loaded by path as a hub name would be.
     saved = modeling.build_base_model(ModelConfig(preset="tiny"), ["a", "b", "c", "d", "e", "f"], seed=3)
     saved.save_pretrained(tmp_path / "checkpoint")
-    loaded = modeling.build_base_model(ModelConfig(name=str(tmp_path / "checkpoint")), CLASSES, seed=0)
+    loaded = modeling.build_base_model(ModelConfig(source=str(tmp_path / "checkpoint")), CLASSES, seed=0)
     assert loaded.config.num_labels == 4 and loaded.config.id2label[3] == "other"
     assert loaded.classifier.out_features == 4
     encoder = "vjepa2.encoder.layer.0.attention.query.weight"
     assert dict(loaded.named_parameters())[encoder].equal(dict(saved.named_parameters())[encoder])
-    meta = modeling.build_base_model(ModelConfig(name=str(tmp_path / "checkpoint")), CLASSES, seed=0, device="meta")
+    meta = modeling.build_base_model(ModelConfig(source=str(tmp_path / "checkpoint")), CLASSES, seed=0, device="meta")
     assert modeling.count_parameters(meta) == modeling.count_parameters(loaded)

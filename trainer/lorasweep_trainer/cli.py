@@ -1,7 +1,7 @@
 """``lorasweep-trainer``: train (the image's entrypoint), synth, inspect, bench.
 
-Exit codes of ``train``: 0 succeeded, 2 invalid trial configuration, 3 dataset unusable; anything else is a
-retryable failure. Every outcome, success or failure, leaves a termination message (results.TerminationSummary)
+Exit codes of ``train`` and ``prepare``: 0 succeeded, 2 invalid configuration (reason InvalidConfig) or the model
+unavailable (reason ModelUnavailable), 3 dataset unusable; anything else is a retryable failure. Every outcome, success or failure, leaves a termination message (results.TerminationSummary)
 in ``$LORASWEEP_TERMINATION_LOG`` (default /dev/termination-log).
 """
 
@@ -151,10 +151,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     from lorasweep_trainer.data import DatasetError
     from lorasweep_trainer.prepare import prepare
+    from lorasweep_trainer.weights import ModelUnavailable
 
-    log.info("preparation starting sweep=%s cache=%s", cfg.sweep, cfg.cache.uri)
+    log.info("preparation starting sweep=%s cache=%s model=%s", cfg.sweep, cfg.cache.uri, cfg.model.source)
     try:
         summary = prepare(cfg)
+    except ModelUnavailable as error:
+        return fail_preparation(EXIT_INVALID_CONFIG, "ModelUnavailable", str(error))
     except ConfigError as error:
         return fail_preparation(EXIT_INVALID_CONFIG, "InvalidConfig", str(error))
     except DatasetError as error:

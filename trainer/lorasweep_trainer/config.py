@@ -8,6 +8,7 @@ Field names are snake_case in Python and camelCase on the wire, matching the Lor
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -134,12 +135,66 @@ class DatasetConfig(Contract):
         return list(self.classes)
 
 
+# model.source: a hub repository id (``org/name``), an ``s3://bucket/prefix/`` holding a save_pretrained folder,
+# or an absolute path on a volume mounted in the pods. Hub ids as huggingface_hub accepts them (at most 96 chars).
+HUB_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
+ModelSourceKind = Literal["hub", "s3", "volume"]
+# Fields ModelConfig once had, with the name that replaced each: a spec that still writes one is told which.
+RENAMED_MODEL_FIELDS: Final = {"name": "source"}
+
+
+def model_source_kind(source: str) -> ModelSourceKind:
+    """Where ``model.source`` points: the hub, object storage or a mounted volume."""
+    if source.startswith("s3://"):
+        return "s3"
+    if source.startswith("/"):
+        return "volume"
+    return "hub"
+
+
 class ModelConfig(Contract):
-    name: str = DEFAULT_MODEL
+    source: str = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        max_length=1024,
+        description="a hub name (org/name), s3://bucket/prefix/ holding a save_pretrained folder, or an absolute "
+        "path on a volume mounted in the pods",
+    )
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="hub branch, tag or commit; the preparation resolves it to a commit that every trial uses",
+    )
     preset: ModelPreset | None = Field(
-        default=None, description="build this architecture with random weights instead of loading `name`"
+        default=None, description="build this architecture with random weights instead of loading `source`"
     )
     frames_per_clip: Annotated[int, Field(ge=2, le=128)] = 8
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for old, new in RENAMED_MODEL_FIELDS.items():
+                if old in value:
+                    raise ValueError(
+                        f"model.{old} was renamed to model.{new}: write model.{new} (a hub name, "
+                        "s3://bucket/prefix/ or an absolute path)"
+                    )
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        kind = model_source_kind(value)
+        if kind == "s3" and not value.removeprefix("s3://").split("/", 1)[0]:
+            raise ValueError(f"model.source {value!r} names no bucket; write s3://bucket/prefix/")
+        if kind == "hub" and not re.fullmatch(HUB_NAME_PATTERN, value):
+            raise ValueError(
+                f"model.source {value!r} is neither a hub name (org/name), an s3://bucket/prefix/ nor an absolute "
+                "path (/models/vjepa2)"
+            )
+        return value
 
     @field_validator("frames_per_clip")
     @classmethod
@@ -147,6 +202,59 @@ class ModelConfig(Contract):
         if value % 2:
             raise ValueError(f"framesPerClip must be even (V-JEPA2 tubelets span 2 frames), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _revision_of_hub_models(self) -> ModelConfig:
+        if self.revision is not None and self.source_kind != "hub":
+            raise ValueError(
+                "model.revision applies to hub names only; an s3:// or volume folder is pinned by its files' "
+                "SHA-256 (drop revision)"
+            )
+        return self
+
+    @property
+    def source_kind(self) -> ModelSourceKind:
+        return model_source_kind(self.source)
+
+    @property
+    def fetched(self) -> bool:
+        """Weights to fetch (and verify) before the trials: anything but a preset's random weights."""
+        return self.preset is None
+
+
+class ModelWeights(Contract):
+    """Where a trial loads its base model from: what the sweep's preparation fetched and verified, and the
+    revision it resolved, the same for every trial of the sweep (lorasweep_trainer.weights)."""
+
+    uri: str = Field(min_length=1, description="the folder: <cache>/models/<key>/, or the volume path itself")
+    manifest: str = Field(min_length=1, description="its manifest: every file with its size and SHA-256")
+    revision: str = Field(
+        min_length=1, description="the resolved revision: a hub commit, or sha256:<digest> of an s3:// or volume folder"
+    )
+
+
+PRESET_PREFIX: Final = "preset:"
+
+
+class ModelIdentity(Contract):
+    """What a trial's model is: its source and resolved revision (for metrics.json, the adapter, tracking)."""
+
+    source: str = Field(description="model.source, or preset:<name> for a preset's random weights")
+    revision: str | None = Field(
+        default=None, description="the resolved revision (hub commit or sha256:<digest>); unresolved: as written"
+    )
+
+    @property
+    def is_preset(self) -> bool:
+        return self.source.startswith(PRESET_PREFIX)
+
+
+def model_identity(model: ModelConfig, weights: ModelWeights | None = None) -> ModelIdentity:
+    """The one answer to "which model": a preset by name, else the source with the revision the preparation
+    pinned (or, without a preparation, the revision as written)."""
+    if model.preset is not None:
+        return ModelIdentity(source=f"{PRESET_PREFIX}{model.preset}")
+    return ModelIdentity(source=model.source, revision=weights.revision if weights is not None else model.revision)
 
 
 FeatureCacheMode = Literal["auto", "on", "off"]
@@ -200,10 +308,18 @@ class TrialConfig(Contract):
     prefetch: Annotated[int, Field(ge=1, le=64)] = 4
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
     cache: CacheConfig | None = Field(default=None, description="read decoded frames or features from here")
+    weights: ModelWeights | None = Field(
+        default=None, description="the model as the preparation fetched it; None: load model.source directly"
+    )
+
+    @property
+    def model_identity(self) -> ModelIdentity:
+        return model_identity(self.model, self.weights)
 
 
 class PrepareConfig(Contract):
-    """A sweep's preparation step: decode every clip once (and encode it once) for all of its trials."""
+    """A sweep's preparation step: fetch the model once, decode every clip once (and encode it once) for all of
+    its trials."""
 
     namespace: str = "default"
     sweep: str = Field(min_length=1)
@@ -217,6 +333,9 @@ class PrepareConfig(Contract):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
     encode_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    shards: bool = Field(
+        default=True, description="decode (and encode) the clips; False: fetch the model only (a command of one's own)"
+    )
 
 
 PREPARE_ENV = "LORASWEEP_PREPARE"

@@ -1,7 +1,9 @@
 """The model: V-JEPA2 video classification, its presets, its video processor, and every LoRA choice.
 
-- ``ModelConfig.preset`` unset: ``VJEPA2ForVideoClassification.from_pretrained(name)`` (a hub name or a local
-  path; the HF cache and ``HF_HUB_OFFLINE`` work as usual). The classifier is re-initialised for our classes.
+- ``ModelConfig.preset`` unset: ``VJEPA2ForVideoClassification.from_pretrained(path)``, where ``path`` is the
+  local folder the sweep's preparation fetched and verified (lorasweep_trainer.weights.locate), or without one
+  ``model.source`` at ``model.revision`` as written (a hub name or a volume path; the HF cache and
+  ``HF_HUB_OFFLINE`` work as usual). The classifier is re-initialised for our classes.
 - ``preset="tiny"``: a ~170k-parameter V-JEPA2 for CPU tests (32 px crop, 2 encoder layers).
 - ``preset="vjepa2-vitl-256"``: the ViT-L shape of ``facebook/vjepa2-vitl-fpc16-256-ssv2`` with random weights,
   for parameter accounting and benchmarks without a download.
@@ -25,6 +27,9 @@ from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2Video
 from lorasweep_trainer import config as contract
 from lorasweep_trainer.config import ConfigError, LoraConfig, ModelConfig
 from lorasweep_trainer.evaluate import autocast
+from lorasweep_trainer.weights import HOW_TO_PROVIDE_WEIGHTS, ModelUnavailable
+
+__all__ = ["HOW_TO_PROVIDE_WEIGHTS", "ModelUnavailable"]  # defined with the fetching, raised here too
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -65,27 +70,14 @@ LORA_MODULES_TO_SAVE = ["classifier"]
 LORA_BIAS: Literal["none"] = "none"
 
 
-class ModelUnavailable(ConfigError):
-    """``from_pretrained`` cannot load ``model.name`` (hub unreachable, HF_HUB_OFFLINE with an empty cache, a wrong
-    name or path): retrying the same pod cannot help (exit 2, reason ModelUnavailable)."""
-
-
-HOW_TO_PROVIDE_WEIGHTS = (
-    "provide the weights: set model.name to a folder in the pod holding a save_pretrained checkpoint "
-    "(config.json and model.safetensors), or fill the Hugging Face cache (HF_HOME) before the trial and keep "
-    "HF_HUB_OFFLINE=1, or let the pod reach huggingface.co; model.preset builds the architecture with random "
-    "weights instead (tests, benchmarks)"
-)
-
-
 @contextlib.contextmanager
-def _loading(name: str) -> Iterator[None]:
+def _loading(source: str) -> Iterator[None]:
     try:
         yield
     except (OSError, HFValidationError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelUnavailable(
-            f"model.name {name!r} cannot be loaded ({first_line}); {HOW_TO_PROVIDE_WEIGHTS}"
+            f"model.source {source!r} cannot be loaded ({first_line}); {HOW_TO_PROVIDE_WEIGHTS}"
         ) from error
 
 
@@ -124,9 +116,11 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def build_base_model(
-    model: ModelConfig, classes: list[str], seed: int, device: str | torch.device = "cpu"
+    model: ModelConfig, classes: list[str], seed: int, device: str | torch.device = "cpu", path: str | None = None
 ) -> VJEPA2ForVideoClassification:
-    """The classifier before LoRA. ``device="meta"`` builds the module tree without allocating weights."""
+    """The classifier before LoRA. ``path``: the folder holding the weights (`weights.locate`); None loads
+    ``model.source`` at ``model.revision`` as written. ``device="meta"`` builds the module tree without allocating
+    weights."""
     labels: dict[str, Any] = {
         "num_labels": len(classes),
         "id2label": dict(enumerate(classes)),
@@ -137,14 +131,21 @@ def build_base_model(
         config.update({"id2label": labels["id2label"], "label2id": labels["label2id"]})
         with _seeded(seed), torch.device(device):
             return VJEPA2ForVideoClassification(config)
+    if path is None and model.source_kind == "s3":
+        raise ModelUnavailable(
+            f"model.source {model.source!r} is in object storage: fetch it first (lorasweep_trainer.weights.locate)"
+        )
+    where = path if path is not None else model.source
+    # A local folder is read as it is; a revision applies to a hub name only.
+    pinned: dict[str, Any] = {"revision": model.revision} if path is None and model.revision else {}
     if torch.device(device).type == "meta":
-        with _loading(model.name):
-            config = VJEPA2Config.from_pretrained(model.name, **labels)
+        with _loading(model.source):
+            config = VJEPA2Config.from_pretrained(where, **pinned, **labels)
         with torch.device("meta"):
             return VJEPA2ForVideoClassification(config)
-    with _seeded(seed), _loading(model.name):
+    with _seeded(seed), _loading(model.source):
         # The hub checkpoint's head has other classes (e.g. 174 for SSv2): replace it rather than fail.
-        loaded = VJEPA2ForVideoClassification.from_pretrained(model.name, ignore_mismatched_sizes=True, **labels)
+        loaded = VJEPA2ForVideoClassification.from_pretrained(where, ignore_mismatched_sizes=True, **pinned, **labels)
     return cast(VJEPA2ForVideoClassification, loaded.to(device))
 
 

@@ -1,13 +1,15 @@
 """A sweep's preparation step (`lorasweep-trainer prepare`): its shared work done once, before its trials.
 
-It lists and splits the dataset exactly as every trial does, then makes sure the cache holds every shard the
+First the model: fetched once from its source into the cache, or verified in place on a volume, its revision
+resolved and pinned (lorasweep_trainer.weights); its summary tells the operator what to give every trial. A sweep
+whose trials run a command of the user's own stops there (``shards: false``). Then it lists and splits the dataset exactly as every trial does, then makes sure the cache holds every shard the
 sweep's trials will read (`cache`): the evaluation frames of the val and test clips, and the training draw of
 each seed and epoch, as decoded frames and/or as the frozen encoder's features. Each clip is fetched and decoded
 once for all of them; shards already in the cache that pass their checksum are reused, so a second sweep over
 the same data and model (a fromSweep follow-up) recomputes nothing.
 
 Exit codes as for ``train``: 2 invalid configuration (``featureCache: on`` with a model whose encoder is random
-while training), 3 dataset unusable.
+while training) or the model unavailable (reason ModelUnavailable), 3 dataset unusable.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 import torch
 
-from lorasweep_trainer import cache
+from lorasweep_trainer import cache, weights
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import ConfigError, PrepareConfig
 from lorasweep_trainer.decode import DecodePool
@@ -29,14 +31,25 @@ log = logging.getLogger(__name__)
 
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     started = time.perf_counter()
+    fetched, located = weights.prepare(cfg.model, cfg.cache.uri) if cfg.model.fetched else (None, None)
+    model_stats = located.stats.as_dict() if located is not None else {}
+    if not cfg.shards:
+        return PrepareSummary(
+            status="Succeeded",
+            cache_uri=cfg.cache.uri,
+            stats=model_stats,
+            seconds=round(time.perf_counter() - started, 3),
+            weights=fetched,
+        )
     device = pick_device(cfg.device)
     classes = cfg.dataset.class_names
     split, etags = plan_split(cfg.dataset)
 
-    # The encoder of each seed: hub weights are the same for every seed (one build), preset weights are drawn
+    # The encoder of each seed: fetched weights are the same for every seed (one build), preset weights are drawn
     # from the seed; the weights digest in the features' key tells them apart either way.
     seeds = cfg.seeds if cfg.model.preset is not None else cfg.seeds[:1]
-    bases = {seed: modeling.build_base_model(cfg.model, classes, seed).to(device) for seed in seeds}
+    path = located.path if located is not None else None
+    bases = {seed: modeling.build_base_model(cfg.model, classes, seed, path=path).to(device) for seed in seeds}
     processor = modeling.build_processor(next(iter(bases.values())).config)
     frames_context = cache.frames_context(processor, cfg.model.frames_per_clip)
     blocker = modeling.encoder_randomness(next(iter(bases.values())))
@@ -102,7 +115,8 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
         reason=blocker or "",
         cache_uri=cfg.cache.uri,
         shards=len({spec.key for spec in specs}),
-        stats=stats.as_dict(),
+        stats={**stats.as_dict(), **model_stats},
         corrupt_clips=len(corrupt),
         seconds=round(seconds, 3),
+        weights=fetched,
     )

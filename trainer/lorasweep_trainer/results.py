@@ -12,7 +12,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, ObjectiveMetric
+from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, ModelWeights, ObjectiveMetric
 
 METRICS_SCHEMA: Final = "lorasweep.metrics/v1"
 METRICS_FILE = "metrics.json"
@@ -69,6 +69,19 @@ class FeatureCacheUse(Record):
     reason: str
 
 
+class ModelLoad(Record):
+    """Where the trial's base model came from and what loading it took (absent for presets)."""
+
+    source: str = Field(description="model.source")
+    revision: str | None = Field(default=None, description="the pinned revision: hub commit or sha256:<digest>")
+    path: str = Field(description="the folder (or hub name) from_pretrained read")
+    files: int = 0
+    bytes: int = 0
+    bytes_fetched: int = Field(default=0, description="downloaded by this trial (0: read in place or already local)")
+    fetch_seconds: float = Field(default=0.0, description="download and SHA-256 verification")
+    load_seconds: float = Field(default=0.0, description="from_pretrained")
+
+
 class TrialMetrics(Record):
     schema_: Literal["lorasweep.metrics/v1"] = Field(METRICS_SCHEMA, alias="schema")
     sweep: str
@@ -103,6 +116,9 @@ class TrialMetrics(Record):
     )
     feature_cache: FeatureCacheUse | None = None
     cache: dict[str, int] | None = Field(default=None, description="cache shards hit/built/rejected, decodes")
+    # Added to lorasweep.metrics/v1 (older files lack them; readers take None): the model pinned for the sweep.
+    model_revision: str | None = Field(default=None, description="the resolved revision every trial of the sweep used")
+    model_load: ModelLoad | None = None
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -166,6 +182,7 @@ class PrepareSummary(BaseModel):
     stats: dict[str, int] = Field(default_factory=dict, description="cache.CacheStats: hits, built, decodes, ...")
     corrupt_clips: int = 0
     seconds: float = 0.0
+    weights: ModelWeights | None = Field(default=None, description="the model fetched for the trials, its revision")
 
     def encode(self) -> str:
         text = self.model_dump_json()

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +274,49 @@ def upload_folder(folder: Path, prefix: str) -> list[str]:
         for done in [pool.submit(upload_file, path, uri) for path, uri in pairs]:
             done.result()
     return [uri for _, uri in pairs]
+
+
+DOWNLOAD_BLOCK = 1024 * 1024
+
+
+def download(uri: str, path: Path) -> tuple[int, str]:
+    """Stream one object or file to ``path`` (complete or absent, like a write), hashing it on the way; returns
+    (bytes, SHA-256 hex). One GET per attempt; a body that breaks off is fetched again from the start."""
+    result: list[tuple[int, str]] = []
+
+    def copy(blocks: Iterator[bytes]) -> Callable[[BinaryIO], object]:
+        def write(handle: BinaryIO) -> None:
+            digest, size = hashlib.sha256(), 0
+            for block in blocks:
+                handle.write(block)
+                digest.update(block)
+                size += len(block)
+            result.append((size, digest.hexdigest()))
+
+        return write
+
+    if not is_s3(uri):
+        with Path(uri).open("rb") as original:
+            _replace_local(path, copy(iter(lambda: original.read(DOWNLOAD_BLOCK), b"")))
+        return result[-1]
+    bucket, key = split_s3(uri)
+
+    def get() -> None:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+        _replace_local(path, copy(body.iter_chunks(DOWNLOAD_BLOCK)))
+
+    with_retries(f"GET {uri}", get, _transient_read_errors())
+    return result[-1]
+
+
+def sha256_hex(path: Path) -> tuple[int, str]:
+    """(bytes, SHA-256 hex) of a local file."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(DOWNLOAD_BLOCK), b""):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
 
 
 def read_bytes_if_exists(uri: str) -> bytes | None:

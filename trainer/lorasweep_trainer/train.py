@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from lorasweep_trainer import cache, data, evaluate, storage
+from lorasweep_trainer import cache, data, evaluate, storage, weights
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import WORK_DIR_ENV, ConfigError, DatasetConfig, TrialConfig
 from lorasweep_trainer.decode import DecodePool
@@ -48,6 +48,7 @@ from lorasweep_trainer.results import (
     DatasetSizes,
     EpochMetrics,
     FeatureCacheUse,
+    ModelLoad,
     TrialMetrics,
     TrialParams,
 )
@@ -272,6 +273,35 @@ def lr_lambda(total_steps: int, warmup_fraction: float, schedule: str) -> Callab
     return factor
 
 
+def load_base_model(cfg: TrialConfig, classes: list[str]) -> tuple[Any, ModelLoad | None]:
+    """The base model and where it came from: a preset built from the seed, or the weights the preparation
+    fetched (`weights.locate`: verified local files, never the hub when the sweep names storage or a volume)."""
+    if not cfg.model.fetched:
+        return modeling.build_base_model(cfg.model, classes, cfg.seed), None
+    located = weights.locate(cfg.model, cfg.weights)
+    started = time.perf_counter()
+    base = modeling.build_base_model(cfg.model, classes, cfg.seed, path=located.path)
+    load_seconds = time.perf_counter() - started
+    # Without a preparation, a hub model's commit is the one from_pretrained resolved.
+    revision = located.revision or getattr(base.config, "_commit_hash", None) or cfg.model.revision
+    stats = located.stats
+    log.info(
+        "model loaded source=%s revision=%s path=%s files=%d bytes=%d fetched=%d fetch_s=%.2f load_s=%.2f",
+        cfg.model.source, revision, located.path, stats.files, stats.total_bytes, stats.bytes_fetched, stats.seconds,
+        load_seconds,
+    )  # fmt: skip
+    return base, ModelLoad(
+        source=cfg.model.source,
+        revision=revision,
+        path=located.path,
+        files=stats.files,
+        bytes=stats.total_bytes,
+        bytes_fetched=stats.bytes_fetched,
+        fetch_seconds=stats.seconds,
+        load_seconds=round(load_seconds, 3),
+    )
+
+
 def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
     """Train, evaluate and write every artifact under ``work`` (then `publish` copies them to the output)."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -283,8 +313,9 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
     events = EventLog(work / EVENT_LOG)
     training = cfg.training
 
-    # Model: the base, then LoRA (the only trainable weights) on top.
-    base = modeling.build_base_model(cfg.model, classes, cfg.seed)
+    # Model: the base (from the folder the preparation fetched and verified), then LoRA (the only trainable
+    # weights) on top.
+    base, model_load = load_base_model(cfg, classes)
     total_parameters = modeling.count_parameters(base)
     model = modeling.apply_lora(base, training.lora).to(device)
     trainable_parameters = modeling.count_parameters(model, trainable_only=True)
@@ -453,7 +484,9 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
         inference_ms_per_video=inference_ms,
         train_seconds=train_seconds,
         git_commit=git_commit(),
-        model=cfg.model.name if cfg.model.preset is None else f"preset:{cfg.model.preset}",
+        model=cfg.model_identity.source,
+        model_revision=model_load.revision if model_load is not None else None,
+        model_load=model_load,
         device=describe_device(device),
         started_at=started_at,
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -53,7 +53,7 @@ from lorasweep_trainer.results import EVENT_LOG
 if TYPE_CHECKING:
     from lorasweep_operator.planning import PlannedTrial
     from lorasweep_operator.spec import SweepManifest
-    from lorasweep_trainer.config import TrialConfig
+    from lorasweep_trainer.config import ModelWeights, TrialConfig
 
 EXIT_OK = 0
 EXIT_TRIALS_FAILED = 1
@@ -65,6 +65,7 @@ POLL_SECONDS = 0.5
 LOCAL_STATE = Path("runs")
 LOCK_FILE = "run.lock"
 PROGRESS_TOKEN_FILE = "progress-token"
+MODELS = "models"  # under the state folder: the model files trials downloaded from an s3:// cache
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,7 +220,7 @@ class LocalSweep:
     def __init__(
         self, manifest: SweepManifest, trials: Sequence[PlannedTrial], options: RunOptions, out: TextIO | None = None
     ) -> None:
-        from lorasweep_operator.preparation import plan_preparation, wanted
+        from lorasweep_operator.preparation import needed, plan_preparation
         from lorasweep_operator.status import stopping_rule
         from lorasweep_trainer import storage
 
@@ -236,12 +237,14 @@ class LocalSweep:
         self.progress_url: str | None = None
         self.progress_token = secrets.token_urlsafe(32)
         self.optimize = manifest.spec.search.optimize is not None
-        # The operator's preparation step, as one local process before the trials (only for the trainer's own
-        # command: another command may not read the cache).
+        # The operator's preparation step, as one local process before the trials (only when the trainer itself
+        # runs them: another program may not read the cache). It fetches the model once (its trials then pin the
+        # revision it resolved: `weights`) and, for the trainer's own spec.command, decodes the clips once.
         self.cache_uri = options.cache or storage.join(options.results, CACHE_FOLDER)
-        self.prepares = list(options.command) == trainer_command() and wanted(manifest.spec)
+        self.prepares = list(options.command) == trainer_command() and needed(manifest.spec)
         preparation = plan_preparation(manifest.spec, manifest.namespace, manifest.name, trials, self.cache_uri)
         self.preparation = preparation.config.model_copy(update={"device": options.device}) if self.prepares else None
+        self.weights: ModelWeights | None = None
         # search.optimize plans from its record in the state folder, once that folder is locked (`replan`).
         self.add_trials([] if self.optimize else trials)
         self.prepared_code: int | None = None
@@ -254,7 +257,7 @@ class LocalSweep:
 
     def add_trials(self, trials: Sequence[PlannedTrial]) -> None:
         from lorasweep_operator.planning import trial_config
-        from lorasweep_operator.preparation import trial_cache
+        from lorasweep_operator.preparation import trial_cache, wanted
         from lorasweep_trainer import storage
 
         manifest, options = self.manifest, self.options
@@ -262,8 +265,11 @@ class LocalSweep:
             if trial.id in self.planned:
                 continue
             self.planned[trial.id] = trial
-            cache = trial_cache(manifest.spec, manifest.namespace, trial, self.cache_uri) if self.prepares else None
-            config = trial_config(manifest.spec, manifest.namespace, manifest.name, trial, cache=cache)
+            shards = self.prepares and wanted(manifest.spec)
+            cache = trial_cache(manifest.spec, manifest.namespace, trial, self.cache_uri) if shards else None
+            config = trial_config(
+                manifest.spec, manifest.namespace, manifest.name, trial, cache=cache, weights=self.weights
+            )
             # Local trials share one machine: no fixed metrics port to collide on, the device the user chose.
             self.configs[trial.id] = config.model_copy(
                 update={
@@ -342,6 +348,7 @@ class LocalSweep:
         """The sweep's shared work, once: ``lorasweep-trainer prepare`` (clips decoded and encoded into the cache).
         False when it failed or was interrupted."""
         from lorasweep_trainer.config import PREPARE_ENV, TERMINATION_LOG_ENV, WORK_DIR_ENV
+        from lorasweep_trainer.weights import MODEL_DIR_ENV
 
         assert self.preparation is not None
         folder = self.options.state / "prepare"
@@ -351,7 +358,10 @@ class LocalSweep:
         env[PREPARE_ENV] = self.preparation.model_dump_json(by_alias=True)
         env[TERMINATION_LOG_ENV] = str(folder / "termination.json")
         env[WORK_DIR_ENV] = str(folder)
-        self.note(f"preparing: decoding the sweep's clips once into {self.preparation.cache.uri}")
+        env[MODEL_DIR_ENV] = str(self.options.state / MODELS)
+        if self.preparation.model.source_kind != "hub":
+            env["HF_HUB_OFFLINE"] = "1"
+        self.note(f"preparing: the model fetched and the clips decoded once into {self.preparation.cache.uri}")
         with (folder / "prepare.log").open("ab") as log:
             process = subprocess.Popen(
                 trainer_command("prepare"),
@@ -369,7 +379,25 @@ class LocalSweep:
                     return False
                 time.sleep(POLL_SECONDS)
         self.prepared_code = process.returncode
-        return process.returncode == 0
+        if process.returncode != 0:
+            return False
+        self.pin_weights(folder / "termination.json")
+        return True
+
+    def pin_weights(self, termination: Path) -> None:
+        """Every trial loads the model the preparation fetched, at the revision it resolved (as the operator
+        renders status.preparation.weights into each trial's configuration)."""
+        from lorasweep_trainer.results import PrepareSummary
+
+        try:
+            summary = PrepareSummary.model_validate_json(termination.read_text())
+        except (OSError, ValueError):
+            return
+        self.weights = summary.weights
+        if self.weights is not None:
+            self.configs = {
+                trial: config.model_copy(update={"weights": self.weights}) for trial, config in self.configs.items()
+            }
 
     def prepare_failed(self) -> int:
         from lorasweep_trainer.results import PrepareSummary
@@ -415,6 +443,7 @@ class LocalSweep:
 
     def launch(self) -> None:
         from lorasweep_trainer.config import TERMINATION_LOG_ENV, TRIAL_ENV, WORK_DIR_ENV
+        from lorasweep_trainer.weights import MODEL_DIR_ENV
 
         for t in self.pending()[: max(0, self.options.parallel - len(self.running))]:
             folder = self.options.state / "trials" / t.trial
@@ -426,6 +455,9 @@ class LocalSweep:
             env[TRIAL_ENV] = self.configs[t.trial].model_dump_json(by_alias=True)
             env[TERMINATION_LOG_ENV] = str(folder / "termination.json")
             env[WORK_DIR_ENV] = str(scratch)  # the trainer's event log lands here, for the progress display
+            env[MODEL_DIR_ENV] = str(self.options.state / MODELS)  # one download of the model for every trial
+            if self.configs[t.trial].weights is not None:
+                env["HF_HUB_OFFLINE"] = "1"  # as on a cluster: the trial loads what the preparation verified
             # Parallel CPU trials would each start one thread per core and fight over them.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.options.parallel)))
             gpu = self.free_gpus.pop(0) if self.free_gpus else None
