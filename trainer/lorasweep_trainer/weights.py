@@ -238,8 +238,9 @@ def prepare(model: ModelConfig, cache_root: str) -> tuple[ModelWeights, Located]
     return weights, located
 
 
-def _reuse(model: ModelConfig, cache_root: str, key: str) -> tuple[ModelWeights, Located] | None:
-    """A cache entry for ``key`` that verifies, downloaded to local disk; None when there is none (or it failed)."""
+def _reuse(model: ModelConfig, cache_root: str, key: str, rejected: FetchStats) -> tuple[ModelWeights, Located] | None:
+    """A cache entry for ``key`` that verifies, on local disk; None when there is none, or when it does not verify
+    (counted in ``rejected``: the caller fetches the model again and rewrites it)."""
     folder, manifest_uri = entry_uri(cache_root, key)
     raw = _read_manifest(model, manifest_uri)
     manifest = Manifest.from_json(raw) if raw is not None else None
@@ -250,6 +251,7 @@ def _reuse(model: ModelConfig, cache_root: str, key: str) -> tuple[ModelWeights,
         path = _materialize(model, folder, manifest, stats)
     except ModelUnavailable as error:
         log.warning("cached model failed its checksum, fetching it again key=%s error=%s", key, error)
+        rejected.rejected += 1
         return None
     stats.reused = True
     weights = ModelWeights(uri=folder, manifest=manifest_uri, revision=manifest.revision)
@@ -307,10 +309,10 @@ def _prepare_s3(model: ModelConfig, cache_root: str) -> tuple[ModelWeights, Loca
     names = {item.uri.removeprefix(prefix): item for item in listing}
     _check_names(model, names)
     key = cache_key(prefix, [[name, item.etag, item.size] for name, item in sorted(names.items())])
-    if (reused := _reuse(model, cache_root, key)) is not None:
+    stats = FetchStats(files=len(names))
+    if (reused := _reuse(model, cache_root, key, stats)) is not None:
         return reused
     local = model_dir() / key
-    stats = FetchStats(files=len(names))
     for name, item in names.items():
         try:
             size, _ = storage.download(item.uri, local / name)
@@ -368,18 +370,31 @@ def resolve_hub_revision(model: ModelConfig) -> str:
 def _prepare_hub(model: ModelConfig, cache_root: str) -> tuple[ModelWeights, Located]:
     commit = resolve_hub_revision(model)
     key = cache_key(model.source, commit)
-    if (reused := _reuse(model, cache_root, key)) is not None:
+    rejected = FetchStats()
+    if (reused := _reuse(model, cache_root, key, rejected)) is not None:
         return reused
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     try:
-        local = Path(snapshot_download(model.source, revision=commit, allow_patterns=list(FILE_PATTERNS)))
+        local = Path(
+            snapshot_download(
+                model.source,
+                revision=commit,
+                allow_patterns=list(FILE_PATTERNS),
+                local_files_only=constants.HF_HUB_OFFLINE,
+            )
+        )
     except (OSError, ValueError) as error:
         raise _unavailable(model, f"commit {commit} could not be downloaded ({_first_line(error)})") from error
     names = sorted(p.name for p in local.iterdir() if p.is_file() and wanted_file(p.name))
     _check_index(model, local, names)
     weights, manifest = _publish(model, cache_root, key, commit, local, names)
-    stats = FetchStats(files=len(names), total_bytes=manifest.total_bytes, bytes_fetched=manifest.total_bytes)
+    stats = FetchStats(
+        files=len(names),
+        total_bytes=manifest.total_bytes,
+        bytes_fetched=manifest.total_bytes,
+        rejected=rejected.rejected,
+    )
     return weights, Located(str(local), commit, stats)
 
 
