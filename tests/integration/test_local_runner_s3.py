@@ -102,3 +102,57 @@ def test_run_writes_trials_and_report_to_the_sweeps_storage(s3_server: Any, s3_b
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 trial, 1 finished before (skipped)" in again.stdout
+
+
+def test_run_fetches_a_model_folder_from_s3_once_for_all_its_trials(
+    s3_server: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    from fault_proxy import FaultProxy
+    from lorasweep_trainer.results import PrepareSummary, TrialMetrics
+    from tiny_model import save_tiny_model, upload
+
+    client = s3_server.client()
+    files = save_tiny_model(tmp_path / "checkpoint")
+    upload(client, tmp_path / "checkpoint", s3_bucket, "models/tiny/")
+    env = {**os.environ, **s3_server.env}
+    clips = f"s3://{s3_bucket}/clips/"
+    synth = [BIN / "lorasweep-trainer", "synth", clips, "--actions", "8,9,23", "--clips-per-action", "4"]
+    subprocess.run(synth, env=env, check=True, capture_output=True)
+    sweep = {
+        "apiVersion": "lorasweep.dev/v1alpha1",
+        "kind": "LoraSweep",
+        "metadata": {"name": "fetched", "namespace": "team-a"},
+        "spec": {
+            "image": "lorasweep-trainer:cpu",
+            "model": {"source": f"s3://{s3_bucket}/models/tiny/", "framesPerClip": 4},
+            "dataset": {"source": clips, "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},
+                        "videosPerClass": 4, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+            "training": {"epochs": 1, "batchSize": 2, "gradientAccumulationSteps": 1, "learningRate": 1.0e-2},
+            "search": {"list": [{"learningRate": 1.0e-2}, {"learningRate": 2.0e-2}]},
+            "storage": {"output": f"s3://{s3_bucket}/sweeps/"},
+        },
+    }  # fmt: skip
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        command = [str(BIN / "lorasweep"), "run", str(path), "--to-storage", "--device", "cpu"]
+        proxied = {**env, "AWS_ENDPOINT_URL_S3": proxy.url, "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(command, env=proxied, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+    summary = PrepareSummary.model_validate_json(
+        (tmp_path / "runs" / "fetched" / "prepare" / "termination.json").read_text()
+    )
+    assert summary.weights is not None and summary.weights.uri.startswith(
+        f"s3://{s3_bucket}/sweeps/team-a/cache/models/"
+    )
+    assert proxy.count("GET", path=f"/{s3_bucket}/models/tiny/") == len(files)  # once, by the preparation
+    # One machine: the trials found the files the preparation had verified (and read only the manifest).
+    assert proxy.count("GET", path=summary.weights.uri.removeprefix("s3:/")) == 0
+    # The manifest: the preparation's look-up (none yet) and each trial's read.
+    assert proxy.count("GET", path=summary.weights.manifest.removeprefix("s3:/")) == 1 + 2
+    stored = [k for k in keys(client, s3_bucket, "sweeps/team-a/fetched/trials/") if k.endswith("/metrics.json")]
+    assert len(stored) == 2
+    for key in stored:
+        metrics = TrialMetrics.model_validate_json(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+        assert metrics.model_revision == summary.weights.revision  # the same pinned revision for every trial
+        assert metrics.model_load is not None and metrics.model_load.bytes_fetched == 0

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_proxy import FaultProxy
-from tiny_model import save_tiny_model, upload
 
+from fault_proxy import FaultProxy
 from lorasweep_trainer import storage, weights
 from lorasweep_trainer.config import EXIT_INVALID_CONFIG, EXIT_SUCCEEDED, ModelConfig, ModelWeights
-from lorasweep_trainer.results import PrepareSummary, TerminationSummary, TrialMetrics
+from lorasweep_trainer.results import PrepareSummary, TrialMetrics
 from lorasweep_trainer.synth import SynthSpec, write_dataset
+from tiny_model import save_tiny_model, upload
 
 pytestmark = pytest.mark.integration
 
