@@ -129,8 +129,11 @@ def test_a_model_without_its_weights_fails_with_model_unavailable(
     with pytest.raises(weights.ModelUnavailable, match="no weight file"):
         weights.locate(ModelConfig.model_validate(model), None)
     missing = ModelConfig(source=f"s3://{s3_bucket}/models/absent/")
-    with pytest.raises(weights.ModelUnavailable, match="no config.json"):
+    with pytest.raises(weights.ModelUnavailable, match="no model files there"):
         weights.prepare(missing, f"s3://{s3_bucket}/cache/")
+    (partial / "config.json").unlink()
+    with pytest.raises(weights.ModelUnavailable, match="no config.json"):
+        weights.locate(ModelConfig(source=str(partial)), None)
 
 
 def test_a_corrupt_cached_file_is_detected_by_the_trial_and_replaced_by_the_next_preparation(

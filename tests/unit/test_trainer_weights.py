@@ -78,6 +78,7 @@ def test_model_identity_names_a_preset_and_pins_the_resolved_revision() -> None:
 def test_a_folder_is_complete_with_its_config_and_weights() -> None:
     assert weights.missing_parts(["config.json", "model.safetensors"]) is None
     assert weights.missing_parts(["model.safetensors"]) == "no config.json"
+    assert "no model files there" in (weights.missing_parts([]) or "")
     assert "no weight file" in (weights.missing_parts(["config.json", "pytorch_model.bin"]) or "")
     index = {
         "weight_map": {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}

@@ -89,6 +89,8 @@ def missing_parts(names: Iterable[str], index: Mapping[str, Any] | None = None) 
     """Why a folder holding ``names`` is no loadable checkpoint, or None when it is complete. ``index``: the
     content of model.safetensors.index.json where the weights are sharded (None: only the names are checked)."""
     present = set(names)
+    if not present:
+        return f"no model files there (none of {', '.join(FILE_PATTERNS)} at its top level)"
     if CONFIG_FILE not in present:
         return f"no {CONFIG_FILE}"
     if WEIGHTS_FILE in present:
@@ -259,11 +261,19 @@ def _reuse(model: ModelConfig, cache_root: str, key: str, rejected: FetchStats) 
 
 
 def _publish(
-    model: ModelConfig, cache_root: str, key: str, revision: str | None, local: Path, names: Iterable[str]
+    model: ModelConfig,
+    cache_root: str,
+    key: str,
+    revision: str | None,
+    local: Path,
+    names: Iterable[str],
+    hashed: Mapping[str, tuple[int, str]] | None = None,
 ) -> tuple[ModelWeights, Manifest]:
-    """Hash the local files, copy them into cache entry ``key``, then write its manifest (last)."""
+    """Copy the local files into cache entry ``key``, then write its manifest (last) with their sizes and SHA-256
+    (``hashed`` as they were downloaded, else hashed here)."""
     folder, manifest_uri = entry_uri(cache_root, key)
-    files = {name: FileEntry(*storage.sha256_hex(local / name)) for name in sorted(names)}
+    known = hashed or {}
+    files = {name: FileEntry(*(known.get(name) or storage.sha256_hex(local / name))) for name in sorted(names)}
     resolved = revision or content_revision({name: entry.sha256 for name, entry in files.items()})
     manifest = Manifest(key, model.source, resolved, files, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     # A write that fails is the cache's outage, not the model's: it propagates (exit 1, the Job retries).
@@ -313,15 +323,16 @@ def _prepare_s3(model: ModelConfig, cache_root: str) -> tuple[ModelWeights, Loca
     if (reused := _reuse(model, cache_root, key, stats)) is not None:
         return reused
     local = model_dir() / key
+    hashed = {}
     for name, item in names.items():
         try:
-            size, _ = storage.download(item.uri, local / name)
+            hashed[name] = storage.download(item.uri, local / name)
         except Exception as error:
             raise _unavailable(model, f"{name} could not be read ({_first_line(error)})") from error
-        stats.total_bytes += size
-        stats.bytes_fetched += size
+        stats.total_bytes += hashed[name][0]
+        stats.bytes_fetched += hashed[name][0]
     _check_index(model, local, names)
-    weights, manifest = _publish(model, cache_root, key, None, local, names)
+    weights, manifest = _publish(model, cache_root, key, None, local, names, hashed)
     return weights, Located(str(local), manifest.revision, stats)
 
 
