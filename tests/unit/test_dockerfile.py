@@ -310,7 +310,7 @@ def test_trainer_stage_commands_install_a_trainer_that_runs_a_trial_and_its_repo
     trial = TrialConfig(
         sweep="image-check",
         trial="t1",
-        model=ModelConfig(name="tiny", preset="tiny", frames_per_clip=4),
+        model=ModelConfig(preset="tiny", frames_per_clip=4),
         dataset=DatasetConfig(
             source=str(clips), classes={"sit_down": [8], "stand_up": [9], "other": "rest"}, videos_per_class=4
         ),
