@@ -136,7 +136,7 @@ class DatasetConfig(Contract):
 
 
 # model.source: a hub repository id (``org/name``), an ``s3://bucket/prefix/`` holding a save_pretrained folder,
-# or an absolute path on a volume mounted in the pods. Hub ids as huggingface_hub accepts them (at most 96 chars).
+# or an absolute path on a volume mounted in the pods. Hub ids: one or two names of letters, digits, ".", "_", "-".
 HUB_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$"
 ModelSourceKind = Literal["hub", "s3", "volume"]
 # Fields ModelConfig once had, with the name that replaced each: a spec that still writes one is told which.
