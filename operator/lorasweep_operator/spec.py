@@ -651,15 +651,15 @@ class PodOverrides(Contract):
         secrets = sum(item.source == "secretKeyRef" for item in self.env)
         if secrets > MAX_SECRET_REFS:
             problems.append(
-                f"spec.pod.env takes {secrets} values from Secrets; at most {MAX_SECRET_REFS} may be (the admission "
-                "policy checks each against your rights): keep the others in the trial's own files"
+                f"spec.pod.env takes more than {MAX_SECRET_REFS} values from Secrets ({secrets}; the admission policy "
+                "checks each against your rights); keep the others in the trial's own files"
             )
         config_maps = sum(item.source == "configMapKeyRef" for item in self.env)
         config_maps += sum(volume.type == "configMap" for volume in self.volumes)
         if config_maps > MAX_CONFIG_MAP_REFS:
             problems.append(
-                f"spec.pod names ConfigMaps {config_maps} times (env configMapKeyRef and configMap volumes); at most "
-                f"{MAX_CONFIG_MAP_REFS} (the admission policy checks each against your rights): mount one ConfigMap "
+                f"spec.pod names ConfigMaps more than {MAX_CONFIG_MAP_REFS} times ({config_maps}, env configMapKeyRef "
+                "and configMap volumes; the admission policy checks each against your rights): mount one ConfigMap "
                 "as a volume instead of several keys as env"
             )
         problems += key_problems("labels", list(self.labels))
