@@ -57,7 +57,6 @@ BASE: dict[str, Any] = {
 }
 
 
-
 def pod(
     env: list[dict[str, Any]] | None = None,
     volumes: list[dict[str, Any]] | None = None,

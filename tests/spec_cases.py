@@ -60,6 +60,7 @@ def _search(**search: Any) -> Callable[[Spec], Any]:
 
 RANK_WITHOUT_ALPHA = "without lora.alpha; give alpha too"
 
+
 def _pod(**pod: Any) -> Callable[[Spec], Any]:
     return lambda spec: spec.update(pod=pod)
 
@@ -294,10 +295,10 @@ BAD = [
     Case("pod-security-context", _pod(securityContext={"privileged": True}),
          api_text='unknown field "spec.pod.securityContext"', model_text="Extra inputs are not permitted"),
     Case("pod-label-kubernetes-io", _pod(labels={"app.kubernetes.io/name": "x"}),
-         text=f"spec.pod.labels app.kubernetes.io/name: keys under kubernetes.io, k8s.io, x-k8s.io and lorasweep.dev"),
-    Case("pod-label-lorasweep", _pod(labels={"lorasweep.dev/trial": "x"}), text=f"spec.pod.labels lorasweep.dev/trial: "),
+         text="spec.pod.labels app.kubernetes.io/name: keys under kubernetes.io, k8s.io, x-k8s.io and lorasweep.dev"),
+    Case("pod-label-lorasweep", _pod(labels={"lorasweep.dev/trial": "x"}), text="spec.pod.labels lorasweep.dev/trial: "),
     Case("pod-label-kueue", _pod(labels={"kueue.x-k8s.io/queue-name": "x"}), text=RESERVED_KEY),
-    Case("pod-label-job-name", _pod(labels={"job-name": "x"}), text=f"spec.pod.labels job-name: "),
+    Case("pod-label-job-name", _pod(labels={"job-name": "x"}), text="spec.pod.labels job-name: "),
     Case("pod-annotation-batch", _pod(annotations={"batch.kubernetes.io/job-completion-index": "0"}),
          text="spec.pod.annotations batch.kubernetes.io/job-completion-index: keys under"),
     Case("pod-annotation-apparmor", _pod(annotations={"container.apparmor.security.beta.kubernetes.io/trainer": "unconfined"}),

@@ -425,9 +425,7 @@ OPERATOR_VOLUME_PREFIX = "lorasweep-"
 # annotations) and the operator's (lorasweep.dev); and the Job controller's legacy pod labels.
 RESERVED_KEY_PATTERN = r"^([^/]*\.)?(kubernetes\.io|k8s\.io|x-k8s\.io|lorasweep\.dev)/"
 RESERVED_KEYS = ("controller-uid", "job-name")
-QUALIFIED_NAME_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
+QUALIFIED_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 DOT_SEGMENT_PATTERN = r"(^|/)\.\.?(/|$)"
@@ -669,7 +667,11 @@ class PodOverrides(Contract):
         return self
 
     def secret_names(self) -> list[str]:
-        return [item.value_from.secret_key_ref.name for item in self.env if item.value_from and item.value_from.secret_key_ref]
+        return [
+            item.value_from.secret_key_ref.name
+            for item in self.env
+            if item.value_from and item.value_from.secret_key_ref
+        ]
 
     def config_map_names(self) -> list[str]:
         names = [

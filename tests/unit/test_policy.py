@@ -71,7 +71,11 @@ def test_cli_flags_make_the_policy() -> None:
     args = build_parser().parse_args(
         ["operator", "--allowed-image=registry.example/team/", "--allowed-image=ghcr.io/lorasweep/lorasweep-trainer"]
         + ["--allow-command-override", "--allowed-service-account=trainer", "--allowed-priority-class=research"]
-        + ["--allowed-env-source=value", "--allowed-volume-type=emptyDir", "--allowed-volume-type=persistentVolumeClaim"]
+        + [
+            "--allowed-env-source=value",
+            "--allowed-volume-type=emptyDir",
+            "--allowed-volume-type=persistentVolumeClaim",
+        ]
         + ["--allowed-claim=model-cache", "--allowed-label=team", "--allowed-label=example.com/"]
         + ["--allowed-annotation=sidecar.istio.io/inject", "--allowed-annotation=example.com/"]
     )
