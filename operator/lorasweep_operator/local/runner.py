@@ -718,7 +718,9 @@ class LocalSweep:
         )
         uri = publish_report(report, storage.join(self.options.results, REPORT_FOLDER))
         if report.best_adapter is not None:
-            self.say(f"best: {report.best.label} (trial {report.best_adapter.trial}), adapter {report.best_adapter.uri}")
+            self.say(
+                f"best: {report.best.label} (trial {report.best_adapter.trial}), adapter {report.best_adapter.uri}"
+            )
         self.say(f"report: {uri}")
         return EXIT_TRIALS_FAILED if self.failures else EXIT_OK
 
