@@ -14,6 +14,7 @@ from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import ConfigError, LoraConfig, ModelConfig
 from lorasweep_trainer.data import DatasetError
 from lorasweep_trainer.inference import AdapterError, ClipPrediction, PredictResult
+from lorasweep_trainer.model import ModelUnavailable
 from lorasweep_trainer.results import ADAPTER_INFO_FILE, AdapterBase, AdapterInfo, adapter_uri_beside
 
 CLASSES = ["sit_down", "stand_up", "other"]
@@ -186,7 +187,7 @@ def test_a_hub_base_keeps_its_name_and_the_adapter_config_names_it(tmp_path: Pat
     base = modeling.build_base_model(ModelConfig(preset="tiny"), CLASSES, seed=0)
     model = modeling.apply_lora(base, LoraConfig(rank=2, alpha=4))
     modeling.name_adapter_base(model, "preset:tiny", "seed-0")
-    model.save_pretrained(str(tmp_path / "adapter"))
+    model.save_pretrained(str(tmp_path / "adapter"), save_embedding_layers=False)
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert (saved["base_model_name_or_path"], saved["revision"]) == ("preset:tiny", "seed-0")
 
@@ -199,3 +200,47 @@ def test_predict_checks_its_locations_before_loading_a_model(
     assert cli.main(["merge", "--adapter", "ftp://host/adapter/", "--out", str(tmp_path / "m")]) == 2
     assert "--adapter 'ftp://host/adapter/' has the URI scheme 'ftp'" in capsys.readouterr().err
     assert cli.main(["predict", "--adapter", str(tmp_path), "--clips", str(tmp_path), "--batch-size", "0"]) == 2
+
+
+def test_an_adapter_on_a_saved_base_folder_loads_again_and_refuses_other_weights(tmp_path: Path) -> None:
+    """The from_pretrained path (a folder here, a hub name on a cluster): the base is loaded again by the name
+    recorded, or from --base, and checked by its digest before the adapter goes on it."""
+    from lorasweep_trainer.inference import load_adapter
+    from lorasweep_trainer.train import save_adapter
+
+    modeling.build_base_model(ModelConfig(preset="tiny", frames_per_clip=4), CLASSES, seed=3).save_pretrained(
+        str(tmp_path / "base")
+    )
+    config = ModelConfig(name=str(tmp_path / "base"), frames_per_clip=4)
+    base = modeling.build_base_model(config, CLASSES, seed=5)
+    name, revision = modeling.base_reference(config, 5, base)
+    assert (name, revision) == (str(tmp_path / "base"), None)  # a folder has no hub commit
+    recorded = AdapterBase(name_or_path=name, revision=revision, seed=5, digest=modeling.base_digest(base))
+    model = modeling.apply_lora(base, LoraConfig(rank=2, alpha=4))
+    with torch.no_grad():  # a trained adapter, not the identity peft starts from
+        for parameter in modeling.trainable_parameters(model):
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    adapter = info().model_copy(update={"base": recorded})
+    save_adapter(model, modeling.build_processor(base.config), tmp_path / "adapter", adapter)
+
+    pixels = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        expected = model(pixel_values_videos=pixels).logits
+    loaded = load_adapter(str(tmp_path / "adapter"), tmp_path / "work", "cpu")
+    assert loaded.info == adapter
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(pixel_values_videos=pixels).logits, expected)
+
+    (tmp_path / "base").rename(tmp_path / "copy")  # moved: --base names where the same weights are now
+    with pytest.raises(ModelUnavailable, match="cannot be loaded"):
+        load_adapter(str(tmp_path / "adapter"), tmp_path / "work", "cpu")
+    copy = load_adapter(str(tmp_path / "adapter"), tmp_path / "work", "cpu", base=str(tmp_path / "copy"))
+    with torch.no_grad():
+        torch.testing.assert_close(copy.model(pixel_values_videos=pixels).logits, expected)
+
+    modeling.build_base_model(ModelConfig(preset="tiny", frames_per_clip=4), CLASSES, seed=4).save_pretrained(
+        str(tmp_path / "other")
+    )
+    with pytest.raises(AdapterError, match="has other weights than the adapter was trained on"):
+        load_adapter(str(tmp_path / "adapter"), tmp_path / "work", "cpu", base=str(tmp_path / "other"))

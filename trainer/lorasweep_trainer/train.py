@@ -499,7 +499,9 @@ def save_adapter(model: PeftModel, processor: Any, folder: Path, info: AdapterIn
     """peft's adapter files with the base named (adapter_config.json), the video processor, and AdapterInfo:
     everything `lorasweep-trainer predict` and `merge` need, in one folder."""
     modeling.name_adapter_base(model, info.base.name_or_path, info.base.revision)
-    model.save_pretrained(str(folder))
+    # "auto" would ask the hub whether base_model_name_or_path has a config.json (for a text model's resized
+    # vocabulary): a request from the pod, and a warning for a preset. A video model has no vocabulary to save.
+    model.save_pretrained(str(folder), save_embedding_layers=False)
     processor.save_pretrained(str(folder))
     (folder / ADAPTER_INFO_FILE).write_text(info.to_json(), encoding="utf-8")
 
