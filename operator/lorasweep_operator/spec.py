@@ -884,6 +884,9 @@ class BestTrial(StatusModel):
     metric: ObjectiveMetric
     objective: float
     metrics_uri: str | None = None
+    adapter_uri: str | None = Field(
+        default=None, description="the trial's adapter folder, beside its metrics.json: lorasweep-trainer predict/merge"
+    )
     summary: str = Field(description="'<objective> <variant>', the Best printer column")
 
 
