@@ -225,6 +225,37 @@ def _progress(pod: dict[str, Any], container: dict[str, Any], progress_url: str)
     pod["volumes"] = [{"name": PROGRESS_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}]
 
 
+def _pod_sets(spec: LoraSweepSpec, name: str) -> bool:
+    """spec.pod.env names ``name`` (then the sweep's own value goes in, and no second one of the operator's)."""
+    return spec.pod is not None and any(item.name == name for item in spec.pod.env)
+
+
+def _with_pod_overrides(spec: LoraSweepSpec, template: dict[str, Any]) -> dict[str, Any]:
+    """`template` (a Job's pod template) with spec.pod's additions: its env after the operator's in every container,
+    its volumes and mounts after the operator's, its labels and annotations beside the operator's. spec.pod cannot
+    name any of the operator's (spec.PodOverrides refuses them), so nothing of the operator's is replaced."""
+    overrides = spec.pod
+    if overrides is None:
+        return template
+    pod = template["spec"]
+    env, mounts, volumes = (
+        [item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in items]
+        for items in (overrides.env, overrides.volume_mounts, overrides.volumes)
+    )
+    for container in pod["containers"]:
+        container["env"] = [*container["env"], *env]
+        if mounts:
+            container["volumeMounts"] = [*container.get("volumeMounts", []), *mounts]
+    if volumes:
+        pod["volumes"] = [*pod.get("volumes", []), *volumes]
+    metadata = template["metadata"]
+    if overrides.labels:
+        metadata["labels"] = {**metadata["labels"], **overrides.labels}
+    if overrides.annotations:
+        metadata["annotations"] = {**metadata.get("annotations", {}), **overrides.annotations}
+    return template
+
+
 def _trial_job_spec(
     spec: LoraSweepSpec, container: str, labels: dict[str, str], pod: dict[str, Any]
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -237,7 +268,7 @@ def _trial_job_spec(
         "completions": 1,
         "parallelism": 1,
         "podFailurePolicy": _failure_policy(container, PERMANENT_EXIT_CODES),
-        "template": {"metadata": {"labels": labels}, "spec": pod},
+        "template": _with_pod_overrides(spec, {"metadata": {"labels": labels}, "spec": pod}),
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -263,7 +294,7 @@ def render_job(
     cache = preparations.trial_cache(spec, namespace, trial)
     config = trial_config(spec, namespace, sweep, trial, cache=cache, weights=weights)
     env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
-    if weights is not None:
+    if weights is not None and not _pod_sets(spec, HUB_OFFLINE["name"]):
         env.append(dict(HUB_OFFLINE))  # the trial loads the files the preparation verified: it never needs the hub
     container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
     container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
@@ -369,7 +400,8 @@ def render_report_job(
         "activeDeadlineSeconds": REPORT_DEADLINE_SECONDS,
         "podFailurePolicy": _failure_policy(REPORT_CONTAINER, REPORT_PERMANENT_EXIT_CODES),
         # The trials' placement: the trainer image is already on those nodes, and their storage access is.
-        "template": {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container)},
+        # spec.pod too: the report reaches the same storage (a CA bundle's ConfigMap, proxy env, mesh annotations).
+        "template": _with_pod_overrides(spec, {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container)}),
     }
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
@@ -392,7 +424,7 @@ def render_prepare_job(
     """The batch/v1 Job of the sweep's preparation step: placed, sized and retried like a trial (it runs the
     encoder on the trials' GPU type), with the trials' storage access."""
     env = [{"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
-    if preparation.config.model.source_kind != "hub":
+    if preparation.config.model.source_kind != "hub" and not _pod_sets(spec, HUB_OFFLINE["name"]):
         env.append(dict(HUB_OFFLINE))  # weights from object storage or a volume: nothing of the hub is needed
     container = _container(spec, preparations.CONTAINER, list(preparations.COMMAND), env, _resources(spec))
     labels = {**report_labels(sweep), COMPONENT_LABEL: preparations.COMPONENT}

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from lorasweep_operator import planning, preparation, rendering
-from lorasweep_operator.spec import LoraSweepStatus, load_sweep_file, parse_spec
+from lorasweep_operator.spec import LoraSweepStatus, PodOverrides, load_sweep_file, parse_spec
 from lorasweep_trainer import weights
 from lorasweep_trainer.config import ModelConfig, ModelWeights, TrialConfig, model_identity, model_source_kind
 from lorasweep_trainer.results import PrepareSummary
@@ -182,6 +182,11 @@ def test_the_resolved_revision_reaches_the_status_and_every_trial_config_and_pod
     pack = rendering.render_pack_job(packed, "ns", "phase1", "uid", members, weights=pinned)
     env = {e["name"]: e.get("value") for e in pack["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {TrialConfig.model_validate(c).weights for c in json.loads(env["LORASWEEP_PACK"])} == {pinned}
+    # A sweep that sets HF_HUB_OFFLINE itself (spec.pod.env) gets its own value, and no second one.
+    own = spec.model_copy(update={"pod": PodOverrides(env=[{"name": "HF_HUB_OFFLINE", "value": "0"}])})
+    job = rendering.render_job(own, "ns", "phase1", "uid", trials[0], weights=pinned)
+    names = [e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert names.count("HF_HUB_OFFLINE") == 1
     # Without a preparation's weights (a preset), nothing is pinned and the hub is not switched off.
     plain = rendering.render_job(spec, "ns", "phase1", "uid", trials[0])
     assert "HF_HUB_OFFLINE" not in {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}

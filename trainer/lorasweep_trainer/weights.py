@@ -198,7 +198,7 @@ class FetchStats:
 class Located:
     """Where ``from_pretrained`` reads the model, and what the trial (or preparation) did to get it there."""
 
-    path: str  # a local folder, or the hub name when no preparation fetched it
+    path: str | None  # a local folder; None: model.source at model.revision as written (a hub name, unprepared)
     revision: str | None
     stats: FetchStats = field(default_factory=FetchStats)
 
@@ -505,7 +505,7 @@ def _check_in_place(model: ModelConfig, folder: Path, manifest: Manifest) -> Non
 def _locate_unprepared(model: ModelConfig) -> Located:
     kind = model.source_kind
     if kind == "hub":
-        return Located(model.source, model.revision)
+        return Located(None, model.revision)
     if kind == "volume":
         folder = Path(model.source)
         if not folder.is_dir():

@@ -230,6 +230,7 @@ class LocalSweep:
         self.interactive = self.out.isatty()
         self.stopping = 0
         self.configs: dict[str, TrialConfig] = {}
+        self.best_adapter: str | None = None  # the report's, once the sweep finished with one
         self.progress: list[TrialProgress] = []
         self.planned: dict[str, PlannedTrial] = {}
         self.rule = stopping_rule(manifest.spec)
@@ -720,7 +721,7 @@ class LocalSweep:
     # --- the end ----------------------------------------------------------------------------------------
 
     def finish(self) -> int:
-        from lorasweep_operator.report import publish_sweep_report
+        from lorasweep_operator.report import build_sweep_report, publish_report
         from lorasweep_trainer import storage
 
         succeeded = sum(t.state in (State.SUCCEEDED, State.DONE_BEFORE) for t in self.progress)
@@ -739,9 +740,8 @@ class LocalSweep:
             self.say("no trial succeeded, so there is no report")
             return EXIT_TRIALS_FAILED
         objective = self.manifest.spec.objective
-        uri = publish_sweep_report(
+        report = build_sweep_report(
             storage.join(self.options.results, TRIALS_FOLDER),
-            storage.join(self.options.results, REPORT_FOLDER),
             objective.metric,
             objective.resolved_goal,
             sweep=self.manifest.name,
@@ -749,6 +749,12 @@ class LocalSweep:
             trials=[t.trial for t in self.progress],
             class_actions=self.manifest.spec.dataset.classes,
         )
+        uri = publish_report(report, storage.join(self.options.results, REPORT_FOLDER))
+        if report.best_adapter is not None:
+            self.best_adapter = report.best_adapter.uri
+            self.say(
+                f"best: {report.best.label} (trial {report.best_adapter.trial}), adapter {report.best_adapter.uri}"
+            )
         self.say(f"report: {uri}")
         return EXIT_TRIALS_FAILED if self.failures else EXIT_OK
 
