@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fault_proxy import FaultProxy
-from lorasweep_trainer import storage, weights
+from lorasweep_trainer import cli, storage, weights
 from lorasweep_trainer.config import EXIT_INVALID_CONFIG, EXIT_SUCCEEDED, ModelConfig, ModelWeights
 from lorasweep_trainer.results import PrepareSummary, TrialMetrics
 from lorasweep_trainer.synth import SynthSpec, write_dataset
@@ -61,7 +61,7 @@ def run(command: str, env: dict[str, str], document: dict[str, Any], termination
 
 
 def test_a_folder_in_s3_is_fetched_once_into_the_cache_and_a_trial_loads_it_offline(
-    s3_server: Any, s3_bucket: str, checkpoint: Path, tmp_path: Path
+    s3_server: Any, s3_bucket: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = s3_server.client()
     upload(client, checkpoint, s3_bucket, "models/tiny/")
@@ -108,6 +108,25 @@ def test_a_folder_in_s3_is_fetched_once_into_the_cache_and_a_trial_loads_it_offl
     assert metrics.model_load is not None and metrics.model_load.bytes_fetched == sum(sizes.values())
     assert metrics.model_load.path == str(tmp_path / "trial" / Path(summary.weights.uri.rstrip("/")).name)
     print(f"\nmodel_load {metrics.model_load.model_dump()}")  # the figures for the record (pytest -s)
+    info = json.loads(client.get_object(Bucket=s3_bucket, Key="out/t-0/adapter/lorasweep_adapter.json")["Body"].read())
+    assert (info["base"]["name_or_path"], info["base"]["revision"]) == (model["source"], summary.weights.revision)
+
+    # predict rebuilds that base from its s3:// source (fetched to local disk, its digest checked) and reproduces
+    # the trial's test predictions.
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in s3_server.env.items():
+            patch.setenv(key, value)
+        patch.setenv(weights.MODEL_DIR_ENV, str(tmp_path / "predict"))
+        storage.reset_client()
+        adapter, clips = f"s3://{s3_bucket}/out/t-0/adapter/", f"s3://{s3_bucket}/clips/"
+        capsys.readouterr()  # only predict's output below
+        code = cli.main(["predict", "--adapter", adapter, "--clips", clips, "--json", "--device", "cpu"])
+        printed = json.loads(capsys.readouterr().out)
+    storage.reset_client()
+    assert code == EXIT_SUCCEEDED
+    by_clip = {row["clip"].rsplit("/", 1)[-1]: row["predicted"] for row in printed["predictions"]}
+    assert metrics.test_predictions
+    assert all(by_clip[Path(clip).name] == c for clip, c in metrics.test_predictions.items())
 
 
 def test_a_model_without_its_weights_fails_with_model_unavailable(
