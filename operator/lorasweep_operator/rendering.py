@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorasweep_operator import preparation as preparations
+from lorasweep_operator import tracking as trackings
 from lorasweep_operator.commands.report import PERMANENT_EXIT_CODES as REPORT_PERMANENT_EXIT_CODES
 from lorasweep_operator.planning import PACK_PREFIX, PlannedTrial, job_name, label_value, short_hash, trial_config
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepSpec
@@ -31,6 +32,7 @@ from lorasweep_trainer.config import (
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
     TRIALS_FOLDER,
+    TrialConfig,
     sweep_output,
 )
 from lorasweep_trainer.progress import AUDIENCE, PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV
@@ -252,11 +254,17 @@ def render_job(
     sweep_uid: str,
     trial: PlannedTrial,
     progress_url: str | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`, reading the preparation's cache;
-    `progress_url`: the operator's progress endpoint, given to the trainer when the sweep stops trials early."""
-    config = trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
-    env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    `progress_url`: the operator's progress endpoint, given to the trainer when the sweep stops trials early;
+    `parent_run_id`: the sweep's MLflow parent run, as the preparation found or created it (spec.tracking)."""
+    config = _trial_config(spec, namespace, sweep, sweep_uid, trial, parent_run_id)
+    env = [
+        {"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)},
+        *_storage_env(spec),
+        *trackings.credential_env(spec),
+    ]
     container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
     container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
     pod = _pod_spec(spec, container)
@@ -282,16 +290,26 @@ def render_job(
     }
 
 
+def _trial_config(
+    spec: LoraSweepSpec, namespace: str, sweep: str, sweep_uid: str, trial: PlannedTrial, parent_run_id: str | None
+) -> TrialConfig:
+    config = trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
+    tracking = trackings.for_sweep(spec, namespace, sweep, sweep_uid, parent_run_id)
+    return config if tracking is None else config.model_copy(update={"tracking": tracking})
+
+
 def render_pack_job(
-    spec: LoraSweepSpec, namespace: str, sweep: str, sweep_uid: str, members: Sequence[PlannedTrial]
+    spec: LoraSweepSpec,
+    namespace: str,
+    sweep: str,
+    sweep_uid: str,
+    members: Sequence[PlannedTrial],
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The Job of packed trials (spec.packing > 1): a trial's Job whose pod runs every member, one after another
     (`LORASWEEP_PACK`); its trial label names the pack, its `TRIALS_ANNOTATION` the members in order."""
-    job = render_job(spec, namespace, sweep, sweep_uid, members[0])
-    configs = [
-        trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
-        for trial in members
-    ]
+    job = render_job(spec, namespace, sweep, sweep_uid, members[0], parent_run_id=parent_run_id)
+    configs = [_trial_config(spec, namespace, sweep, sweep_uid, trial, parent_run_id) for trial in members]
     document = "[" + ",".join(config.model_dump_json(by_alias=True) for config in configs) + "]"
     container = job["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [
@@ -376,7 +394,11 @@ def render_prepare_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job of the sweep's preparation step: placed, sized and retried like a trial (it runs the
     encoder on the trials' GPU type), with the trials' storage access."""
-    env = [{"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    env = [
+        {"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)},
+        *_storage_env(spec),
+        *trackings.credential_env(spec),
+    ]
     container = _container(spec, preparations.CONTAINER, list(preparations.COMMAND), env, _resources(spec))
     labels = {**report_labels(sweep), COMPONENT_LABEL: preparations.COMPONENT}
     job_labels, job_spec = _trial_job_spec(spec, preparations.CONTAINER, labels, _pod_spec(spec, container))

@@ -24,6 +24,7 @@ from lorasweep_trainer.config import (
     FeatureCacheMode,
     Goal,
     LoraConfig,
+    MlflowConfig,
     ModelConfig,
     ObjectiveMetric,
     SplitConfig,
@@ -60,6 +61,7 @@ __all__ = [
     "LoraConfig",
     "LoraSweepSpec",
     "LoraSweepStatus",
+    "MlflowSpec",
     "ModelConfig",
     "Objective",
     "PreparationStatus",
@@ -71,6 +73,7 @@ __all__ = [
     "SpecError",
     "SplitConfig",
     "Storage",
+    "Tracking",
     "SweepManifest",
     "TrainingConfig",
     "TrainingOverride",
@@ -369,6 +372,34 @@ class Storage(Contract):
     )
 
 
+class MlflowSpec(MlflowConfig):
+    """spec.tracking.mlflow: one parent run per sweep, one child run per trial, in `experiment` on `uri`."""
+
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Secret with MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD: "
+        "only these keys reach the pods, each by secretKeyRef",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        # The CRD's CEL rule says the same: a pod can reach only a server, not a file or database of its own.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "tracking.mlflow.uri must be an http:// or https:// URL of an MLflow tracking server "
+                "(a file or database URI would stay inside each pod)"
+            )
+        return value
+
+
+class Tracking(Contract):
+    """Experiment tracking of the sweep's trials; without it nothing is logged anywhere but object storage."""
+
+    mlflow: MlflowSpec
+
+
 Quantity = int | str
 
 
@@ -399,6 +430,7 @@ class LoraSweepSpec(Contract):
     objective: Objective = Objective()
     early_stopping: EarlyStopping | None = None
     storage: Storage
+    tracking: Tracking | None = None
     parallelism: Annotated[int, Field(ge=1, le=1000)] = 1
     max_failed_trials: Annotated[int, Field(ge=0)] = 3
     max_trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)] = DEFAULT_MAX_TRIALS
@@ -599,6 +631,9 @@ class PreparationStatus(StatusModel):
     message: str | None = None
     stats: dict[str, int] = Field(default_factory=dict)
     seconds: float | None = None
+    mlflow_parent_run_id: str | None = Field(
+        default=None, description="the sweep's MLflow parent run, found or created by the preparation"
+    )
 
 
 FINISHED_KEYS: dict[str, Literal["Succeeded", "Failed", "Stopped"]] = {

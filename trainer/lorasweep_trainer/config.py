@@ -182,6 +182,25 @@ class CacheConfig(Contract):
     reason: str = Field(default="", description="why features are (not) used, for the log and metrics.json")
 
 
+class MlflowConfig(Contract):
+    """An MLflow tracking server and the experiment a sweep's runs go to (spec.tracking.mlflow)."""
+
+    uri: str = Field(min_length=1, max_length=1024, description="the tracking server's URL")
+    experiment: str = Field(min_length=1, max_length=500, description="the experiment's name; created when missing")
+
+
+class MlflowTracking(MlflowConfig):
+    """What a trial or the preparation needs to log to MLflow: the sweep's server and experiment, the key that
+    finds the sweep's one parent run, and that run's id when the preparation already found or created it.
+    Credentials never travel here: the pod reads them from the Secret (MLFLOW_TRACKING_TOKEN, or
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)."""
+
+    sweep_key: str = Field(
+        min_length=1, max_length=64, description="tag value of the sweep's parent run: one sweep object, one run"
+    )
+    parent_run_id: str | None = Field(default=None, max_length=64, description="the parent run, when known")
+
+
 class TrialConfig(Contract):
     """Everything one trial needs; what the operator writes and the trainer reads."""
 
@@ -200,6 +219,7 @@ class TrialConfig(Contract):
     prefetch: Annotated[int, Field(ge=1, le=64)] = 4
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
     cache: CacheConfig | None = Field(default=None, description="read decoded frames or features from here")
+    tracking: MlflowTracking | None = Field(default=None, description="log the trial as an MLflow run")
 
 
 class PrepareConfig(Contract):
@@ -217,6 +237,7 @@ class PrepareConfig(Contract):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     io_threads: Annotated[int, Field(ge=1, le=64)] = 4
     encode_batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    tracking: MlflowTracking | None = Field(default=None, description="find or create the sweep's MLflow parent run")
 
 
 PREPARE_ENV = "LORASWEEP_PREPARE"

@@ -17,18 +17,23 @@ import time
 
 import torch
 
-from lorasweep_trainer import cache
+from lorasweep_trainer import cache, tracking
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import ConfigError, PrepareConfig
 from lorasweep_trainer.decode import DecodePool
 from lorasweep_trainer.results import PrepareSummary
-from lorasweep_trainer.train import pick_device, plan_split, precision
+from lorasweep_trainer.train import git_commit, pick_device, plan_split, precision
 
 log = logging.getLogger(__name__)
 
 
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     started = time.perf_counter()
+    # spec.tracking: the sweep's one MLflow parent run, before any trial starts (tried again at the end on failure).
+    parent = None
+    if cfg.tracking is not None:
+        parent = tracking.ParentLookup(cfg.tracking, cfg.namespace, cfg.sweep, cfg.model, git_commit())
+        parent.start()
     device = pick_device(cfg.device)
     classes = cfg.dataset.class_names
     split, etags = plan_split(cfg.dataset)
@@ -105,4 +110,6 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
         stats=stats.as_dict(),
         corrupt_clips=len(corrupt),
         seconds=round(seconds, 3),
+        mlflow_parent_run_id=parent.finish() if parent is not None else None,
+        mlflow_failures=parent.outbox.failures if parent is not None else 0,
     )

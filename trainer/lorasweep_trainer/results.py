@@ -69,6 +69,18 @@ class FeatureCacheUse(Record):
     reason: str
 
 
+class TrackingUse(Record):
+    """Where the trial's MLflow run is (spec.tracking.mlflow) and how many calls failed or were dropped."""
+
+    backend: Literal["mlflow"] = "mlflow"
+    uri: str
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    run_id: str | None = None
+    failures: int = 0
+    dropped: int = 0
+
+
 class TrialMetrics(Record):
     schema_: Literal["lorasweep.metrics/v1"] = Field(METRICS_SCHEMA, alias="schema")
     sweep: str
@@ -103,6 +115,7 @@ class TrialMetrics(Record):
     )
     feature_cache: FeatureCacheUse | None = None
     cache: dict[str, int] | None = Field(default=None, description="cache shards hit/built/rejected, decodes")
+    tracking: TrackingUse | None = None
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -166,6 +179,8 @@ class PrepareSummary(BaseModel):
     stats: dict[str, int] = Field(default_factory=dict, description="cache.CacheStats: hits, built, decodes, ...")
     corrupt_clips: int = 0
     seconds: float = 0.0
+    mlflow_parent_run_id: str | None = Field(default=None, description="the sweep's parent run (spec.tracking)")
+    mlflow_failures: int = 0
 
     def encode(self) -> str:
         text = self.model_dump_json()

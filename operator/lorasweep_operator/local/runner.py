@@ -221,6 +221,7 @@ class LocalSweep:
     ) -> None:
         from lorasweep_operator.preparation import plan_preparation, wanted
         from lorasweep_operator.status import stopping_rule
+        from lorasweep_operator.tracking import for_local as tracking_for_local
         from lorasweep_trainer import storage
 
         self.manifest = manifest
@@ -240,7 +241,11 @@ class LocalSweep:
         # command: another command may not read the cache).
         self.cache_uri = options.cache or storage.join(options.results, CACHE_FOLDER)
         self.prepares = list(options.command) == trainer_command() and wanted(manifest.spec)
-        preparation = plan_preparation(manifest.spec, manifest.namespace, manifest.name, trials, self.cache_uri)
+        # spec.tracking: the preparation finds or creates the MLflow parent run; the trials get its id (`prepare`).
+        self.tracking = tracking_for_local(manifest.spec, manifest.namespace, manifest.name, options.results)
+        preparation = plan_preparation(
+            manifest.spec, manifest.namespace, manifest.name, trials, self.cache_uri, tracking=self.tracking
+        )
         self.preparation = preparation.config.model_copy(update={"device": options.device}) if self.prepares else None
         # search.optimize plans from its record in the state folder, once that folder is locked (`replan`).
         self.add_trials([] if self.optimize else trials)
@@ -270,6 +275,7 @@ class LocalSweep:
                     "output": storage.join(options.results, f"{TRIALS_FOLDER}{trial.id}/"),
                     "device": options.device,
                     "metrics_port": 0,
+                    "tracking": self.tracking,
                 }
             )
             label = "baseline" if trial.group == "baseline" else f"{trial.group}: {trial.variant}"
@@ -369,7 +375,25 @@ class LocalSweep:
                     return False
                 time.sleep(POLL_SECONDS)
         self.prepared_code = process.returncode
+        if process.returncode == 0:
+            self.take_parent_run(folder / "termination.json")
         return process.returncode == 0
+
+    def take_parent_run(self, termination: Path) -> None:
+        """The MLflow parent run the preparation found or created, for every trial (else each finds it itself)."""
+        from lorasweep_trainer.results import PrepareSummary
+
+        if self.tracking is None:
+            return
+        try:
+            summary = PrepareSummary.model_validate_json(termination.read_text())
+        except (OSError, ValueError):
+            return
+        if summary.mlflow_parent_run_id:
+            self.tracking = self.tracking.model_copy(update={"parent_run_id": summary.mlflow_parent_run_id})
+            self.configs = {
+                trial: c.model_copy(update={"tracking": self.tracking}) for trial, c in self.configs.items()
+            }
 
     def prepare_failed(self) -> int:
         from lorasweep_trainer.results import PrepareSummary
