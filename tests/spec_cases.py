@@ -78,6 +78,7 @@ GOOD = [
                                           "weightDecay": [round(0.001 * j, 6) for j in range(100)]})),
     Case("objective-val-loss", lambda spec: spec.update(objective={"metric": "val_loss", "goal": "minimize"})),
     Case("packing", lambda spec: spec.update(packing=4, featureCache="off")),
+    Case("mlflow-tracking", lambda spec: spec.update(tracking={"mlflow": {"uri": "https://mlflow.example", "experiment": "ntu", "credentialsSecret": "mlflow"}})),
 ]  # fmt: skip
 
 BAD = [
@@ -189,6 +190,10 @@ BAD = [
         lambda spec: spec.update(maxTrials=3, search={"grid": {"learningRate": [1e-4, 2e-4]}, "seeds": [1, 2]}),
         text="search.grid expands to more trials than maxTrials",
     ),
+    Case("mlflow-uri-not-http", lambda spec: spec.update(tracking={"mlflow": {"uri": "sqlite:///mlflow.db", "experiment": "ntu"}}),
+         text="tracking.mlflow.uri must be an http:// or https:// URL"),
+    Case("mlflow-without-experiment", lambda spec: spec.update(tracking={"mlflow": {"uri": "http://mlflow:5000"}}),
+         api_text="spec.tracking.mlflow.experiment: Required value", model_text="spec.tracking.mlflow.experiment: Field required"),
     Case("source-not-s3", lambda spec: spec["dataset"].update(source="/data/clips"),
          text="dataset.source must be an s3:// URI", cluster_only=True),
     Case("output-not-s3", lambda spec: spec["storage"].update(output="/data/out"),
