@@ -6,7 +6,8 @@ Who makes which run:
   does it before any trial starts and reports the run's id in its termination summary; the operator hands the id
   to every trial, so parallel trials and retries never race to create it. Trials without a preparation (a
   command of the user's own) find or create it themselves: after creating, a trial searches again and keeps the
-  oldest run with the key, deleting its own when another was first (`find_or_create`).
+  oldest run with the key, deleting its own when another was first (`find_or_create`). (A window remains: a
+  create whose request started first but was stored last; the preparation's id closes it for default sweeps.)
 - A trial's child run is found by ``lorasweep.trial_key`` (the sweep key and the trial id) or created, tagged
   ``mlflow.parentRunId``; a retried trial (a new pod of the same Job) continues the same run.
 - The child holds the trial's parameters, each epoch's metrics at step = epoch, the final metrics, tags (sweep,
@@ -284,10 +285,11 @@ def experiment_id(mlflow: Any, name: str) -> str:
     return str(found.experiment_id)
 
 
-def find_or_create(mlflow: Any, experiment: str, key_tag: str, key: str, tags: Mapping[str, str]) -> tuple[str, bool]:
-    """(the run tagged ``key_tag = key``, created?): the oldest such run; when none exists one is created, and if a
-    concurrent caller created one too, the oldest is kept and the other deleted, so all converge on one run."""
-    query = f"tags.`{key_tag}` = '{key}'"
+def find_or_create(mlflow: Any, experiment: str, keys: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str, bool]:
+    """(the run tagged with every one of `keys`, created?): the oldest such run; when none exists one is created
+    (with `tags`, which hold the keys), and if a concurrent caller created one too, the oldest is kept and the other
+    deleted, so all converge on one run. Key values are hex and ids (`sweep_key`): safe inside the quotes."""
+    query = " and ".join(f"tags.`{name}` = '{value}'" for name, value in keys.items())
 
     def oldest() -> Any | None:
         runs = mlflow.search_runs([experiment], filter_string=query, max_results=50)
@@ -342,7 +344,8 @@ def parent_run(
     """(experiment id, parent run id) of the sweep: found by its key, else created."""
     experiment = experiment_id(mlflow, tracking.experiment)
     tags = sweep_tags(tracking, namespace, sweep, cfg_model, git_commit)
-    run_id, created = find_or_create(mlflow, experiment, SWEEP_KEY_TAG, tracking.sweep_key, tags)
+    keys = {SWEEP_KEY_TAG: tracking.sweep_key, ROLE_TAG: SWEEP_ROLE}  # the trials' runs carry the sweep key too
+    run_id, created = find_or_create(mlflow, experiment, keys, tags)
     log.info("mlflow parent run %s namespace=%s sweep=%s run=%s", "created" if created else "found", namespace, sweep,
              run_id)  # fmt: skip
     return experiment, run_id
@@ -471,7 +474,7 @@ class TrialRun:
                 mlflow, self.tracking, cfg.namespace, cfg.sweep, cfg.model, self.git_commit
             )
         tags = {**trial_tags(cfg, self.git_commit), PARENT_TAG: self.parent_run_id}
-        run_id, created = find_or_create(mlflow, self.experiment_id, TRIAL_KEY_TAG, tags[TRIAL_KEY_TAG], tags)
+        run_id, created = find_or_create(mlflow, self.experiment_id, {TRIAL_KEY_TAG: tags[TRIAL_KEY_TAG]}, tags)
         if not created:
             mlflow.update_run(run_id, status="RUNNING")  # a retried trial continues its run
         log_batch(mlflow, run_id, params=trial_params(cfg), tags=tags)

@@ -59,11 +59,13 @@ def trial_config(clips: Path, out: Path, trial: str, tracking_: MlflowTracking, 
     return TrialConfig.model_validate(document)
 
 
-def runs_with(server: MlflowServer, experiment: str, tag: str, value: str) -> list[Any]:
+def runs_with(server: MlflowServer, experiment: str, tag: str, value: str, role: str | None = None) -> list[Any]:
+    """The runs of `experiment` tagged ``tag = value`` (and ``lorasweep.role = role``)."""
     client = server.client()
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment}"
-    runs: list[Any] = client.search_runs([found.experiment_id], filter_string=f"tags.`{tag}` = '{value}'")
+    query = f"tags.`{tag}` = '{value}'" + (f" and tags.`{tracking.ROLE_TAG}` = '{role}'" if role else "")
+    runs: list[Any] = client.search_runs([found.experiment_id], filter_string=query)
     return runs
 
 
@@ -165,3 +167,57 @@ def test_a_tracking_server_that_is_down_costs_the_trial_nothing_but_counted_fail
     assert scrape(port, "lorasweep_trainer_mlflow_dropped_total") == use.dropped
     failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mlflow call failed")]
     assert len(failed) == 2 and all("trial=down operation=start_run" in line for line in failed), failed
+
+
+def test_lorasweep_run_logs_one_parent_and_a_child_per_trial_and_a_resumed_run_keeps_them(
+    mlflow_server: MlflowServer, clips: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from lorasweep_operator.spec import load_sweep_file
+    from lorasweep_operator.tracking import for_local
+
+    experiment = f"local-{uuid.uuid4().hex[:8]}"
+    manifest = {
+        "apiVersion": "lorasweep.dev/v1alpha1",
+        "kind": "LoraSweep",
+        "metadata": {"name": "local"},
+        "spec": {
+            "image": "lorasweep-trainer:cpu",
+            "model": {"name": "tiny", "preset": "tiny", "framesPerClip": 4},
+            "dataset": {"source": f"{clips}/", "classes": {"sit": [8], "stand": [9], "other": "rest"},
+                        "videosPerClass": 4},
+            "training": {"epochs": EPOCHS, "batchSize": 2, "gradientAccumulationSteps": 1},
+            "search": {"list": [{"learningRate": 1.0e-2}, {"learningRate": 3.0e-3}]},
+            "parallelism": 2,
+            "storage": {"output": "s3://unused/"},
+            "tracking": {"mlflow": {"uri": mlflow_server.uri, "experiment": experiment}},
+        },
+    }  # fmt: skip
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(manifest))
+    out = tmp_path / "out"
+    command = [str(Path(sys.executable).with_name("lorasweep")), "run", str(sweep_file), "--out", str(out)]
+    command += ["--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    key = for_local(load_sweep_file(sweep_file).spec, "default", "local", str(out.resolve()))
+    assert key is not None
+    (parent,) = runs_with(mlflow_server, experiment, tracking.SWEEP_KEY_TAG, key.sweep_key, tracking.SWEEP_ROLE)
+    children = runs_with(mlflow_server, experiment, tracking.PARENT_TAG, parent.info.run_id)
+    trials = sorted(path.parent.name for path in out.glob("trials/*/metrics.json"))
+    assert sorted(run.data.tags["lorasweep.trial"] for run in children) == trials and len(trials) == 2
+    assert {run.info.status for run in children} == {"FINISHED"}
+
+    # A trial's results lost: the next run prepares again and reruns it, under the same parent and in the same run.
+    (out / "trials" / trials[0] / "metrics.json").unlink()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (again,) = runs_with(mlflow_server, experiment, tracking.SWEEP_KEY_TAG, key.sweep_key, tracking.SWEEP_ROLE)
+    assert again.info.run_id == parent.info.run_id
+    rerun = runs_with(mlflow_server, experiment, tracking.PARENT_TAG, parent.info.run_id)
+    assert sorted(run.info.run_id for run in rerun) == sorted(run.info.run_id for run in children)
