@@ -586,7 +586,8 @@ def _report(
     step = statuses.report_step(status, job, summary, f"{destination}{REPORT_FILE}", now())
     if step.launch:
         trials, failed = statuses.report_inputs(status)
-        body = rendering.render_report_job(spec, current.namespace, current.name, current.uid, trials, failed)
+        parent = status.preparation.mlflow_parent_run_id if status.preparation is not None else None
+        body = rendering.render_report_job(spec, current.namespace, current.name, current.uid, trials, failed, parent)
         try:
             created = kube.create_job(body)
         except ApiError as error:

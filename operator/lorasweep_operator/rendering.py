@@ -30,6 +30,7 @@ from lorasweep_trainer.config import (
     PREPARE_ENV,
     REPORT_FOLDER,
     TERMINATION_LOG_ENV,
+    TRACKING_ENV,
     TRIAL_ENV,
     TRIALS_FOLDER,
     TrialConfig,
@@ -359,11 +360,20 @@ def render_report_job(
     sweep_uid: str,
     trials: Sequence[str],
     failed: Mapping[str, str],
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that writes the report of finished sweep `namespace/sweep`: ``trials`` are the ids
-    to report on, ``failed`` the trials without metrics (id -> why)."""
+    to report on, ``failed`` the trials without metrics (id -> why); with spec.tracking it also finishes the
+    sweep's MLflow parent run (``parent_run_id`` when the preparation found it, else found by its key)."""
     command = report_command(spec, namespace, sweep, trials, failed)
-    container = _container(spec, REPORT_CONTAINER, command, _storage_env(spec), copy.deepcopy(REPORT_RESOURCES))
+    env = _storage_env(spec)
+    tracking = trackings.for_sweep(spec, namespace, sweep, sweep_uid, parent_run_id)
+    if tracking is not None:
+        env += [
+            {"name": TRACKING_ENV, "value": tracking.model_dump_json(by_alias=True)},
+            *trackings.credential_env(spec),
+        ]
+    container = _container(spec, REPORT_CONTAINER, command, env, copy.deepcopy(REPORT_RESOURCES))
     labels = report_labels(sweep)
     job_spec: dict[str, Any] = {
         "backoffLimit": REPORT_BACKOFF_LIMIT,

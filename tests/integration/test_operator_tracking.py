@@ -12,8 +12,9 @@ import uuid
 from typing import Any
 
 import pytest
-from operator_harness import OperatorProcess, tiny_trainer_sweep, wait_phase
+from operator_harness import OperatorProcess, get_sweep, tiny_trainer_sweep, wait_phase
 
+from fixtures_cluster import wait_for
 from fixtures_mlflow import MlflowServer
 from lorasweep_trainer import tracking
 
@@ -53,7 +54,13 @@ def test_a_sweep_leaves_one_parent_run_and_a_child_run_per_trial(
     mlflow_server: MlflowServer,
 ) -> None:
     _, experiment = tracked_sweep(cluster, namespace, "tracked", s3_server, s3_bucket, mlflow_server.uri, RATES)
-    body = wait_phase(cluster, namespace, "tracked", ("Succeeded", "Failed"), timeout=900)
+    wait_phase(cluster, namespace, "tracked", ("Succeeded", "Failed"), timeout=900)
+
+    def reported() -> dict[str, Any] | None:  # the report Job runs after the sweep has finished
+        body = get_sweep(cluster, namespace, "tracked")
+        return body if body["status"].get("reportUri") else None
+
+    body = wait_for("the sweep's report", reported, timeout=300)
     status = body["status"]
     assert status["phase"] == "Succeeded", (json.dumps(status, indent=1), operator.log())
     parent_id = status["preparation"].get("mlflowParentRunId")
@@ -70,6 +77,11 @@ def test_a_sweep_leaves_one_parent_run_and_a_child_run_per_trial(
     key = tracking.sweep_key(namespace, "tracked", body["metadata"]["uid"])
     assert parent.data.tags[tracking.SWEEP_KEY_TAG] == key
     assert (parent.data.tags["lorasweep.sweep"], parent.data.tags["lorasweep.namespace"]) == ("tracked", namespace)
+    # The report Job finished it with the sweep's best.
+    assert parent.info.status == "FINISHED", parent.info
+    assert parent.data.tags["lorasweep.best_trial"] == status["best"]["trial"]
+    assert parent.data.tags["lorasweep.report"] == status["reportUri"]
+    assert parent.data.metrics["best_val_accuracy"] == status["best"]["objective"]
 
     rows = {row["id"]: row for row in status["trials"]}
     assert {run.data.tags["lorasweep.trial"] for run in children} == set(rows)

@@ -212,6 +212,9 @@ def test_lorasweep_run_logs_one_parent_and_a_child_per_trial_and_a_resumed_run_k
     trials = sorted(path.parent.name for path in out.glob("trials/*/metrics.json"))
     assert sorted(run.data.tags["lorasweep.trial"] for run in children) == trials and len(trials) == 2
     assert {run.info.status for run in children} == {"FINISHED"}
+    # The runner finished the parent with the sweep's best, as the report Job does on a cluster.
+    assert parent.info.status == "FINISHED" and parent.data.tags["lorasweep.best_trial"] in trials
+    assert parent.data.tags["lorasweep.report"] == str(out.resolve() / "report" / "report.md")
 
     # A trial's results lost: the next run prepares again and reruns it, under the same parent and in the same run.
     (out / "trials" / trials[0] / "metrics.json").unlink()

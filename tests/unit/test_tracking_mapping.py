@@ -14,6 +14,7 @@ from lorasweep_operator.spec import LoraSweepStatus, SpecError, parse_spec
 from lorasweep_trainer import tracking
 from lorasweep_trainer.config import (
     PREPARE_ENV,
+    TRACKING_ENV,
     CacheConfig,
     DatasetConfig,
     LoraConfig,
@@ -299,3 +300,17 @@ def test_lorasweep_run_keys_the_parent_run_by_its_results_folder() -> None:
     elsewhere = trackings.for_local(spec, "default", "phase1", "/home/me/runs/other")
     assert first == again and first is not None and elsewhere is not None
     assert first.sweep_key != elsewhere.sweep_key and first.parent_run_id is None
+
+
+def test_the_report_job_finishes_the_parent_run() -> None:
+    spec = parse_spec(SPEC)
+    job = rendering.render_report_job(spec, "research", "phase1", "uid-123", ["t1"], {}, parent_run_id="p" * 32)
+    env = job_env(job)
+    contract = MlflowTracking.model_validate_json(env[TRACKING_ENV]["value"])
+    assert contract == MlflowTracking(
+        uri="https://mlflow.example", experiment="ntu", sweep_key=KEY, parent_run_id="p" * 32
+    )
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow"
+    bare = parse_spec({key: value for key, value in SPEC.items() if key != "tracking"})
+    env = job_env(rendering.render_report_job(bare, "research", "phase1", "uid-123", ["t1"], {}))
+    assert TRACKING_ENV not in env and not [name for name in env if name.startswith("MLFLOW_")]

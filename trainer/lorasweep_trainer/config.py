@@ -241,6 +241,8 @@ class PrepareConfig(Contract):
 
 
 PREPARE_ENV = "LORASWEEP_PREPARE"
+# The report Job's MLflow contract (spec.tracking), a JSON `MlflowTracking`: it finishes the sweep's parent run.
+TRACKING_ENV = "LORASWEEP_TRACKING"
 # Packed trials (spec.packing > 1): a JSON list of TrialConfig documents, run one after another in one pod.
 PACK_ENV = "LORASWEEP_PACK"
 MAX_PACKING = 8  # their termination summaries must fit in one termination message together

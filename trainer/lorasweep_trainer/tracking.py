@@ -289,22 +289,23 @@ def find_or_create(mlflow: Any, experiment: str, keys: Mapping[str, str], tags: 
     """(the run tagged with every one of `keys`, created?): the oldest such run; when none exists one is created
     (with `tags`, which hold the keys), and if a concurrent caller created one too, the oldest is kept and the other
     deleted, so all converge on one run. Key values are hex and ids (`sweep_key`): safe inside the quotes."""
-    query = " and ".join(f"tags.`{name}` = '{value}'" for name, value in keys.items())
-
-    def oldest() -> Any | None:
-        runs = mlflow.search_runs([experiment], filter_string=query, max_results=50)
-        return min(runs, key=lambda run: (run.info.start_time or 0, run.info.run_id), default=None)
-
-    found = oldest()
+    found = oldest_run(mlflow, experiment, keys)
     if found is not None:
         return str(found.info.run_id), False
     created = mlflow.create_run(experiment, tags=dict(tags), run_name=tags.get(RUN_NAME_TAG))
     mine = str(created.info.run_id)
-    kept = oldest()
+    kept = oldest_run(mlflow, experiment, keys)
     if kept is not None and kept.info.run_id != mine:
         mlflow.delete_run(mine)
         return str(kept.info.run_id), False
     return mine, True
+
+
+def oldest_run(mlflow: Any, experiment: str, keys: Mapping[str, str]) -> Any | None:
+    """The oldest active run tagged with every one of `keys`, or None."""
+    query = " and ".join(f"tags.`{name}` = '{value}'" for name, value in keys.items())
+    runs = mlflow.search_runs([experiment], filter_string=query, max_results=50)
+    return min(runs, key=lambda run: (run.info.start_time or 0, run.info.run_id), default=None)
 
 
 def log_batch(
@@ -377,6 +378,33 @@ class ParentLookup:
     def _find(self) -> None:
         mlflow = client(self.tracking.uri)
         _, self.run_id = parent_run(mlflow, self.tracking, self.namespace, self.sweep, self.model, self.git_commit)
+
+
+def finish_sweep(tracking: MlflowTracking, summary: Mapping[str, str], metrics: Mapping[str, float]) -> str | None:
+    """The report's part: the sweep's parent run (by its id, else found by its key; never created here) gets the
+    report's `summary` tags (the best configuration, the report's URI) and `metrics`, and ends FINISHED. Tried
+    twice, never raises; returns the run's id, or None when it was not reached or there is none."""
+    found: list[str] = []
+
+    def finish() -> None:
+        mlflow = client(tracking.uri)
+        run_id = tracking.parent_run_id
+        if run_id is None:
+            experiment = mlflow.get_experiment_by_name(tracking.experiment)
+            keys = {SWEEP_KEY_TAG: tracking.sweep_key, ROLE_TAG: SWEEP_ROLE}
+            run = oldest_run(mlflow, experiment.experiment_id, keys) if experiment is not None else None
+            if run is None:
+                log.info("mlflow parent run not found sweep_key=%s", tracking.sweep_key)
+                return
+            run_id = str(run.info.run_id)
+        log_batch(mlflow, run_id, _finite(metrics), tags=summary)
+        mlflow.set_terminated(run_id, status="FINISHED")
+        found.append(run_id)
+
+    outbox = Outbox({"experiment": tracking.experiment, "sweep_key": tracking.sweep_key})
+    outbox.submit("finish_sweep", finish)
+    outbox.flush()
+    return found[0] if found else None
 
 
 # --- a trial's child run ------------------------------------------------------------------------------------------

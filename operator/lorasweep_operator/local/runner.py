@@ -712,7 +712,8 @@ class LocalSweep:
     # --- the end ----------------------------------------------------------------------------------------
 
     def finish(self) -> int:
-        from lorasweep_operator.report import publish_sweep_report
+        from lorasweep_operator.commands.report import finish_parent_run
+        from lorasweep_operator.report import build_sweep_report, publish_report
         from lorasweep_trainer import storage
 
         succeeded = sum(t.state in (State.SUCCEEDED, State.DONE_BEFORE) for t in self.progress)
@@ -731,9 +732,8 @@ class LocalSweep:
             self.say("no trial succeeded, so there is no report")
             return EXIT_TRIALS_FAILED
         objective = self.manifest.spec.objective
-        uri = publish_sweep_report(
+        report = build_sweep_report(
             storage.join(self.options.results, TRIALS_FOLDER),
-            storage.join(self.options.results, REPORT_FOLDER),
             objective.metric,
             objective.resolved_goal,
             sweep=self.manifest.name,
@@ -741,6 +741,9 @@ class LocalSweep:
             trials=[t.trial for t in self.progress],
             class_actions=self.manifest.spec.dataset.classes,
         )
+        uri = publish_report(report, storage.join(self.options.results, REPORT_FOLDER))
+        if self.tracking is not None:
+            finish_parent_run(report, uri, self.tracking)
         self.say(f"report: {uri}")
         return EXIT_TRIALS_FAILED if self.failures else EXIT_OK
 
