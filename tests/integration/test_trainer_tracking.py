@@ -224,3 +224,27 @@ def test_lorasweep_run_logs_one_parent_and_a_child_per_trial_and_a_resumed_run_k
     assert again.info.run_id == parent.info.run_id
     rerun = runs_with(mlflow_server, experiment, tracking.PARENT_TAG, parent.info.run_id)
     assert sorted(run.info.run_id for run in rerun) == sorted(run.info.run_id for run in children)
+
+
+@pytest.mark.reliability
+@pytest.mark.timeout(300)  # a hang guard: with the client's own defaults (120 s, 7 retries) this would take hours
+def test_a_server_that_never_answers_is_given_up_on_after_short_timeouts(clips: Path, tmp_path: Path) -> None:
+    """A tracking server that accepts connections and never answers (a hung proxy): the trial's calls time out
+    after the trainer's short client timeouts, once while training and once at the end, and are counted."""
+    import socket
+
+    from lorasweep_trainer.results import EpochMetrics
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshakes; nobody ever reads a request
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cfg = trial_config(clips, tmp_path, "silent", contract(uri, "silent"))
+        run = tracking.TrialRun(cfg, "c0")
+        run.start()
+        for epoch in (1, 2):
+            run.log_epoch(EpochMetrics(epoch=epoch, train_loss=1.0, train_accuracy=0.5, val_accuracy=0.5))
+        run.fail(RuntimeError("the trial failed"))
+    use = run.summary()
+    assert use is not None and use.run_id is None
+    assert (use.failures, use.dropped) == (2, 4)  # start_run, both epochs and the end of the run were dropped
