@@ -60,6 +60,29 @@ def _search(**search: Any) -> Callable[[Spec], Any]:
 
 RANK_WITHOUT_ALPHA = "without lora.alpha; give alpha too"
 
+
+def _pod(**pod: Any) -> Callable[[Spec], Any]:
+    return lambda spec: spec.update(pod=pod)
+
+
+def _mounted(*volumes: dict[str, Any], path: str = "/mnt/x", **pod: Any) -> Callable[[Spec], Any]:
+    """spec.pod with `volumes`, the first mounted at `path`, the others under /mnt/<name>."""
+    mounts = [{"name": v["name"], "mountPath": path if i == 0 else f"/mnt/{v['name']}"} for i, v in enumerate(volumes)]
+    return _pod(volumes=list(volumes), volumeMounts=mounts, **pod)
+
+
+def _env(*names: str) -> list[dict[str, str]]:
+    return [{"name": name, "value": "1"} for name in names]
+
+
+def _secret_env(count: int) -> list[dict[str, Any]]:
+    return [{"name": f"V{i}", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}} for i in range(count)]
+
+
+SHM = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+RESERVED_KEY = "belong to Kubernetes and the operator; use a key of your own"
+MOUNT_ROOTS = "mount at /dev/shm or at or under /tmp, /mnt, /data, /models, /cache, /scratch, /workspace"
+
 GOOD = [
     Case("list", lambda spec: None),
     Case("groups-rank-with-alpha", _search(groups=[{"name": "rank", "values": [{"lora": {"rank": 8, "alpha": 16}}]}])),
@@ -79,6 +102,22 @@ GOOD = [
     Case("objective-val-loss", lambda spec: spec.update(objective={"metric": "val_loss", "goal": "minimize"})),
     Case("packing", lambda spec: spec.update(packing=4, featureCache="off")),
     Case("mlflow-tracking", lambda spec: spec.update(tracking={"mlflow": {"uri": "https://mlflow.example", "experiment": "ntu", "credentialsSecret": "mlflow"}})),
+    Case("pod-everything", _pod(
+        env=[{"name": "PUSHGATEWAY_URL", "value": "http://pgw:9091"}, {"name": "EMPTY", "value": ""},
+             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "hub.token", "optional": True}}},
+             {"name": "MLFLOW_TRACKING_URI", "valueFrom": {"configMapKeyRef": {"name": "tracking", "key": "uri"}}}],
+        volumes=[SHM, {"name": "cache", "persistentVolumeClaim": {"claimName": "model-cache", "readOnly": True}},
+                 {"name": "ca", "configMap": {"name": "ca-bundle", "items": [{"key": "ca.crt", "path": "certs/ca.crt"}]}},
+                 {"name": "scratch", "emptyDir": {}}],
+        volumeMounts=[{"name": "shm", "mountPath": "/dev/shm"},
+                      {"name": "cache", "mountPath": "/models/hf", "subPath": "huggingface", "readOnly": True},
+                      {"name": "ca", "mountPath": "/mnt/ca"}, {"name": "scratch", "mountPath": "/tmp"},
+                      {"name": "scratch", "mountPath": "/workspace/out", "subPath": "out"}],
+        labels={"team": "vision", "example.com/cost-center": "ml-42", "empty": ""},
+        annotations={"sidecar.istio.io/inject": "false", "example.com/note": "anything: at all"})),
+    Case("pod-empty", _pod()),
+    Case("pod-four-secret-values", _pod(env=_secret_env(4))),
+    Case("pod-kubernetes-io-look-alike-prefix", _pod(labels={"notkubernetes.io/x": "a", "kubernetes.iox/y": "b"})),
 ]  # fmt: skip
 
 BAD = [
@@ -194,6 +233,86 @@ BAD = [
          text="tracking.mlflow.uri must be an http:// or https:// URL"),
     Case("mlflow-without-experiment", lambda spec: spec.update(tracking={"mlflow": {"uri": "http://mlflow:5000"}}),
          api_text="spec.tracking.mlflow.experiment: Required value", model_text="spec.tracking.mlflow.experiment: Field required"),
+    # spec.pod: what stays the operator's whatever the admin's policy says
+    Case("pod-env-lorasweep", _pod(env=_env("LORASWEEP_TRIAL")),
+         text="spec.pod.env LORASWEEP_TRIAL: LORASWEEP_ variables are the trial's configuration"),
+    Case("pod-env-cuda", _pod(env=_env("CUDA_VISIBLE_DEVICES")),
+         text="spec.pod.env CUDA_VISIBLE_DEVICES: CUDA_ and NVIDIA_ variables are set by the GPU runtime"),
+    Case("pod-env-nvidia", _pod(env=_env("NVIDIA_VISIBLE_DEVICES")),
+         text="spec.pod.env NVIDIA_VISIBLE_DEVICES: CUDA_ and NVIDIA_ variables"),
+    Case("pod-env-credentials", _pod(env=_env("AWS_SECRET_ACCESS_KEY")),
+         text="spec.pod.env AWS_SECRET_ACCESS_KEY: the operator sets AWS_SECRET_ACCESS_KEY from spec.storage"),
+    Case("pod-env-endpoint", _pod(env=_env("AWS_ENDPOINT_URL_S3")),
+         text="the operator sets AWS_ENDPOINT_URL_S3 from spec.storage"),
+    Case("pod-env-hf-token", _pod(env=_env("HF_TOKEN")), text="the operator sets HF_TOKEN from spec.storage"),
+    Case("pod-env-value-and-value-from",
+         _pod(env=[{"name": "X", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
+         text="spec.pod.env X needs exactly one of value and valueFrom"),
+    Case("pod-env-neither", _pod(env=[{"name": "X"}]), text="spec.pod.env X needs exactly one of value and valueFrom"),
+    Case("pod-env-two-refs", _pod(env=[{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"},
+                                                                   "configMapKeyRef": {"name": "c", "key": "k"}}}]),
+         text="an env valueFrom needs exactly one of secretKeyRef and configMapKeyRef"),
+    Case("pod-env-name", _pod(env=_env("NOT-A-NAME")), api_text="should match '^[A-Za-z_][A-Za-z0-9_]*$'",
+         model_text="String should match pattern '^[A-Za-z_][A-Za-z0-9_]*$'"),
+    Case("pod-env-twice", _pod(env=_env("X", "X")), api_text="Duplicate value",
+         model_text="spec.pod.env X given more than once"),
+    Case("pod-five-secret-values", _pod(env=_secret_env(5)),
+         text="spec.pod.env takes more than 4 values from Secrets"),
+    Case("pod-five-config-map-refs", _mounted(
+        *[{"name": f"c{i}", "configMap": {"name": f"c{i}"}} for i in range(4)],
+        env=[{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]),
+         text="spec.pod names ConfigMaps more than 4 times"),
+    Case("pod-mount-over-code", _mounted(SHM, path="/usr/local/lib/python3.11/site-packages"),
+         text=f"spec.pod.volumeMounts /usr/local/lib/python3.11/site-packages: {MOUNT_ROOTS}"),
+    Case("pod-mount-over-the-termination-log", _mounted(SHM, path="/dev/termination-log"),
+         text=f"spec.pod.volumeMounts /dev/termination-log: {MOUNT_ROOTS}"),
+    Case("pod-mount-over-the-progress-token", _mounted(SHM, path="/var/run/secrets/lorasweep.dev/progress"),
+         text=f"spec.pod.volumeMounts /var/run/secrets/lorasweep.dev/progress: {MOUNT_ROOTS}"),
+    Case("pod-mount-over-home", _mounted(SHM, path="/home/lorasweep"), text=MOUNT_ROOTS),
+    Case("pod-mount-dot-dot", _mounted(SHM, path="/mnt/../usr"), text=f"spec.pod.volumeMounts /mnt/../usr: {MOUNT_ROOTS}"),
+    Case("pod-mount-beside-a-root", _mounted(SHM, path="/tmpfoo"), text=f"spec.pod.volumeMounts /tmpfoo: {MOUNT_ROOTS}"),
+    Case("pod-mount-relative", _mounted(SHM, path="mnt/x"), text=f"spec.pod.volumeMounts mnt/x: {MOUNT_ROOTS}"),
+    Case("pod-sub-path-up", _pod(volumes=[SHM], volumeMounts=[{"name": "shm", "mountPath": "/mnt/x", "subPath": "../x"}]),
+         text="spec.pod.volumeMounts subPath ../x: give a relative path without . or .. parts"),
+    Case("pod-config-map-item-path-up",
+         _mounted({"name": "c", "configMap": {"name": "c", "items": [{"key": "k", "path": "a/../../etc"}]}}),
+         text="spec.pod.volumes configMap.items path a/../../etc: give a relative path"),
+    Case("pod-mount-twice", _pod(volumes=[SHM], volumeMounts=[{"name": "shm", "mountPath": "/mnt/x"}] * 2),
+         api_text="Duplicate value", model_text="spec.pod.volumeMounts /mnt/x given more than once"),
+    Case("pod-mount-of-no-volume", _pod(volumes=[SHM], volumeMounts=[{"name": "shm", "mountPath": "/dev/shm"},
+                                                                     {"name": "cache", "mountPath": "/cache"}]),
+         text="spec.pod.volumeMounts cache: no such volume in spec.pod.volumes"),
+    Case("pod-volume-mounted-nowhere", _pod(volumes=[SHM]), text="spec.pod.volumes shm mounted nowhere"),
+    Case("pod-volume-of-two-kinds", _mounted({"name": "v", "emptyDir": {}, "configMap": {"name": "c"}}),
+         text="spec.pod.volumes v needs exactly one of emptyDir, configMap, persistentVolumeClaim"),
+    Case("pod-volume-of-no-kind", _mounted({"name": "v"}),
+         text="spec.pod.volumes v needs exactly one of emptyDir, configMap, persistentVolumeClaim"),
+    Case("pod-volume-named-like-the-operators", _mounted({"name": "lorasweep-progress-token", "emptyDir": {}}),
+         text="spec.pod.volumes lorasweep-progress-token: names starting with lorasweep- are the operator's"),
+    Case("pod-volume-twice", _pod(volumes=[SHM, SHM], volumeMounts=[{"name": "shm", "mountPath": "/dev/shm"}]),
+         api_text="Duplicate value", model_text="spec.pod.volumes shm given more than once"),
+    Case("pod-host-path", _mounted({"name": "v", "hostPath": {"path": "/"}}),
+         api_text='unknown field "spec.pod.volumes[0].hostPath"', model_text="Extra inputs are not permitted"),
+    Case("pod-empty-dir-medium", _mounted({"name": "v", "emptyDir": {"medium": "HugePages"}}),
+         api_text='Unsupported value: "HugePages"', model_text="Input should be '' or 'Memory'"),
+    Case("pod-empty-dir-size", _mounted({"name": "v", "emptyDir": {"sizeLimit": "lots"}}),
+         api_text="should match", model_text="String should match pattern"),
+    Case("pod-security-context", _pod(securityContext={"privileged": True}),
+         api_text='unknown field "spec.pod.securityContext"', model_text="Extra inputs are not permitted"),
+    Case("pod-label-kubernetes-io", _pod(labels={"app.kubernetes.io/name": "x"}),
+         text="spec.pod.labels app.kubernetes.io/name: keys under kubernetes.io, k8s.io, x-k8s.io and lorasweep.dev"),
+    Case("pod-label-lorasweep", _pod(labels={"lorasweep.dev/trial": "x"}), text="spec.pod.labels lorasweep.dev/trial: "),
+    Case("pod-label-kueue", _pod(labels={"kueue.x-k8s.io/queue-name": "x"}), text=RESERVED_KEY),
+    Case("pod-label-job-name", _pod(labels={"job-name": "x"}), text="spec.pod.labels job-name: "),
+    Case("pod-annotation-batch", _pod(annotations={"batch.kubernetes.io/job-completion-index": "0"}),
+         text="spec.pod.annotations batch.kubernetes.io/job-completion-index: keys under"),
+    Case("pod-annotation-apparmor", _pod(annotations={"container.apparmor.security.beta.kubernetes.io/trainer": "unconfined"}),
+         text=RESERVED_KEY),
+    Case("pod-annotation-k8s-io", _pod(annotations={"k8s.io/x": "a"}), text=RESERVED_KEY),
+    Case("pod-label-key-malformed", _pod(labels={"not a key": "x"}),
+         text="spec.pod.labels not a key: a key is an optional DNS prefix and '/'"),
+    Case("pod-label-value-malformed", _pod(labels={"team": "not a value"}), api_text="should match",
+         model_text="String should match pattern"),
     Case("source-not-s3", lambda spec: spec["dataset"].update(source="/data/clips"),
          text="dataset.source must be an s3:// URI", cluster_only=True),
     Case("output-not-s3", lambda spec: spec["storage"].update(output="/data/out"),

@@ -225,6 +225,32 @@ def _progress(pod: dict[str, Any], container: dict[str, Any], progress_url: str)
     pod["volumes"] = [{"name": PROGRESS_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}]
 
 
+def _with_pod_overrides(spec: LoraSweepSpec, template: dict[str, Any]) -> dict[str, Any]:
+    """`template` (a Job's pod template) with spec.pod's additions: its env after the operator's in every container,
+    its volumes and mounts after the operator's, its labels and annotations beside the operator's. spec.pod cannot
+    name any of the operator's (spec.PodOverrides refuses them), so nothing of the operator's is replaced."""
+    overrides = spec.pod
+    if overrides is None:
+        return template
+    pod = template["spec"]
+    env, mounts, volumes = (
+        [item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in items]
+        for items in (overrides.env, overrides.volume_mounts, overrides.volumes)
+    )
+    for container in pod["containers"]:
+        container["env"] = [*container["env"], *env]
+        if mounts:
+            container["volumeMounts"] = [*container.get("volumeMounts", []), *mounts]
+    if volumes:
+        pod["volumes"] = [*pod.get("volumes", []), *volumes]
+    metadata = template["metadata"]
+    if overrides.labels:
+        metadata["labels"] = {**metadata["labels"], **overrides.labels}
+    if overrides.annotations:
+        metadata["annotations"] = {**metadata.get("annotations", {}), **overrides.annotations}
+    return template
+
+
 def _trial_job_spec(
     spec: LoraSweepSpec, container: str, labels: dict[str, str], pod: dict[str, Any]
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -237,7 +263,7 @@ def _trial_job_spec(
         "completions": 1,
         "parallelism": 1,
         "podFailurePolicy": _failure_policy(container, PERMANENT_EXIT_CODES),
-        "template": {"metadata": {"labels": labels}, "spec": pod},
+        "template": _with_pod_overrides(spec, {"metadata": {"labels": labels}, "spec": pod}),
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -382,7 +408,8 @@ def render_report_job(
         "activeDeadlineSeconds": REPORT_DEADLINE_SECONDS,
         "podFailurePolicy": _failure_policy(REPORT_CONTAINER, REPORT_PERMANENT_EXIT_CODES),
         # The trials' placement: the trainer image is already on those nodes, and their storage access is.
-        "template": {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container)},
+        # spec.pod too: the report reaches the same storage (a CA bundle's ConfigMap, proxy env, mesh annotations).
+        "template": _with_pod_overrides(spec, {"metadata": {"labels": labels}, "spec": _pod_spec(spec, container)}),
     }
     if spec.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished

@@ -9,6 +9,7 @@ with ``deploy/crd/lorasweeps.lorasweep.dev.yaml`` (a unit test holds the two tog
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -64,6 +65,7 @@ __all__ = [
     "MlflowSpec",
     "ModelConfig",
     "Objective",
+    "PodOverrides",
     "PreparationStatus",
     "OptimizeSearch",
     "RandomSearch",
@@ -420,6 +422,300 @@ class LocalObjectReference(Contract):
     name: str = Field(min_length=1)
 
 
+# --- pod overrides (spec.pod) -------------------------------------------------------------------------------
+# What a sweep may add to the pods the operator runs for it (trials, packs, the preparation, the report): extra
+# environment variables, volumes and their mounts, pod labels and annotations. Everything else stays the
+# operator's: the security context, the restart policy, the trial's own variables, the credentials' keys, the GPU
+# runtime's variables, the label and annotation keys of Kubernetes and the operator, and every path of the image
+# and of the operator (mounts go to /dev/shm or under MOUNT_ROOTS only). These rules hold for every author (the
+# CRD's CEL says the same); which of the rest an author may use is the admin's policy (policy.py).
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+VOLUME_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+# The trial's contract and plumbing (LORASWEEP_TRIAL, LORASWEEP_PACK, the termination log, the progress endpoint),
+# and the GPU runtime's (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES=all would show a pod every GPU of its node).
+RESERVED_ENV_PREFIXES = ("LORASWEEP_", "CUDA_", "NVIDIA_")
+# What the operator sets from spec.storage (rendering.CREDENTIAL_KEYS and its ENDPOINT_ENV; a unit test holds them).
+STORAGE_ENV_NAMES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "HF_TOKEN",
+    "AWS_ENDPOINT_URL_S3",
+)
+SHM_PATH = "/dev/shm"
+MOUNT_ROOTS = ("/tmp", "/mnt", "/data", "/models", "/cache", "/scratch", "/workspace")
+OPERATOR_VOLUME_PREFIX = "lorasweep-"
+# Keys of Kubernetes itself and its projects (kubernetes.io, k8s.io, x-k8s.io and their subdomains: the Job
+# controller's batch.kubernetes.io/, app.kubernetes.io/, Kueue's queue label, Pod Security's and AppArmor's
+# annotations) and the operator's (lorasweep.dev); and the Job controller's legacy pod labels.
+RESERVED_KEY_PATTERN = r"^([^/]*\.)?(kubernetes\.io|k8s\.io|x-k8s\.io|lorasweep\.dev)/"
+RESERVED_KEYS = ("controller-uid", "job-name")
+QUALIFIED_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+RELATIVE_PATH_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+DOT_SEGMENT_PATTERN = r"(^|/)\.\.?(/|$)"
+# The admission policy asks the API server about each Secret and ConfigMap a sweep names, and CEL allows only a
+# few such questions per expression: one validation per reference, so their number is bounded.
+MAX_SECRET_REFS = 4
+MAX_CONFIG_MAP_REFS = 4
+
+EnvSource = Literal["value", "secretKeyRef", "configMapKeyRef"]
+VolumeType = Literal["emptyDir", "configMap", "persistentVolumeClaim"]
+
+
+def reserved_env_problem(name: str) -> str | None:
+    """Why `name` is the operator's or the GPU runtime's, with what to do instead; None when a sweep may set it."""
+    if name.startswith("LORASWEEP_"):
+        return (
+            f"spec.pod.env {name}: LORASWEEP_ variables are the trial's configuration and the operator's plumbing; "
+            "remove it (a trial's settings come from spec.training and spec.search)"
+        )
+    if name.startswith(("CUDA_", "NVIDIA_")):
+        return (
+            f"spec.pod.env {name}: CUDA_ and NVIDIA_ variables are set by the GPU runtime for the GPUs the pod was "
+            "given; remove it and ask for GPUs in spec.resources.limits"
+        )
+    if name in STORAGE_ENV_NAMES:
+        return (
+            f"spec.pod.env {name}: the operator sets {name} from spec.storage (the credentialsSecret key of that "
+            "name, or the endpoint); remove it and set it there"
+        )
+    return None
+
+
+def mount_path_problem(path: str) -> str | None:
+    """Why a volume may not be mounted at `path`; None when it may."""
+    clean = re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", path) is not None and re.search(DOT_SEGMENT_PATTERN, path) is None
+    if clean and (path == SHM_PATH or any(path == root or path.startswith(f"{root}/") for root in MOUNT_ROOTS)):
+        return None
+    return (
+        f"spec.pod.volumeMounts {path}: mount at {SHM_PATH} or at or under {', '.join(MOUNT_ROOTS)}, as an absolute "
+        "path without . or .. parts; elsewhere a volume would shadow the image's code or the operator's files"
+    )
+
+
+def relative_path_problem(where: str, path: str) -> str | None:
+    if re.fullmatch(RELATIVE_PATH_PATTERN, path) and not re.search(DOT_SEGMENT_PATTERN, path):
+        return None
+    return f"{where} {path}: give a relative path without . or .. parts, e.g. config/settings.json"
+
+
+def reserved_key(key: str) -> bool:
+    return key in RESERVED_KEYS or re.match(RESERVED_KEY_PATTERN, key) is not None
+
+
+def key_problems(field: str, keys: list[str]) -> list[str]:
+    """What is wrong with spec.pod.<field>'s keys (labels or annotations), one sentence per kind of problem."""
+    problems = []
+    malformed = [key for key in keys if len(key) > 316 or not re.fullmatch(QUALIFIED_NAME_PATTERN, key)]
+    if malformed:
+        problems.append(
+            f"spec.pod.{field} {', '.join(malformed)}: a key is an optional DNS prefix and '/', then a name of at "
+            "most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        )
+    reserved = [key for key in keys if reserved_key(key)]
+    if reserved:
+        problems.append(
+            f"spec.pod.{field} {', '.join(reserved)}: keys under kubernetes.io, k8s.io, x-k8s.io and lorasweep.dev "
+            "(and their subdomains), and controller-uid and job-name, belong to Kubernetes and the operator; use a "
+            "key of your own, e.g. example.com/team"
+        )
+    return problems
+
+
+class KeyRef(Contract):
+    """One key of a Secret or ConfigMap of the sweep's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    key: str = Field(min_length=1, max_length=253, pattern=KEY_PATTERN)
+    optional: bool | None = None
+
+
+class EnvValueSource(Contract):
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvValueSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("an env valueFrom needs exactly one of secretKeyRef and configMapKeyRef")
+        return self
+
+
+class PodEnvVar(Contract):
+    """An environment variable of every container of the sweep's pods: a value, or a key of a Secret or ConfigMap."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
+    value: str | None = Field(default=None, max_length=8192)
+    value_from: EnvValueSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source_not_reserved(self) -> PodEnvVar:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError(f"spec.pod.env {self.name} needs exactly one of value and valueFrom")
+        if (problem := reserved_env_problem(self.name)) is not None:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def source(self) -> EnvSource:
+        if self.value_from is None:
+            return "value"
+        return "secretKeyRef" if self.value_from.secret_key_ref is not None else "configMapKeyRef"
+
+
+class EmptyDirSource(Contract):
+    medium: Literal["", "Memory"] | None = Field(default=None, description="Memory: a tmpfs, e.g. for /dev/shm")
+    size_limit: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=64)
+
+
+class KeyToPath(Contract):
+    key: str = Field(min_length=1, max_length=253, pattern=KEY_PATTERN)
+    path: str = Field(min_length=1, max_length=256)
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if (problem := relative_path_problem("spec.pod.volumes configMap.items path", value)) is not None:
+            raise ValueError(problem)
+        return value
+
+
+class ConfigMapVolumeSource(Contract):
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    items: list[KeyToPath] | None = Field(default=None, min_length=1, max_length=64)
+    optional: bool | None = None
+
+
+class ClaimVolumeSource(Contract):
+    claim_name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN)
+    read_only: bool | None = None
+
+
+class PodVolume(Contract):
+    """Exactly one of emptyDir, configMap, persistentVolumeClaim."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=VOLUME_NAME_PATTERN)
+    empty_dir: EmptyDirSource | None = None
+    config_map: ConfigMapVolumeSource | None = None
+    persistent_volume_claim: ClaimVolumeSource | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PodVolume:
+        kinds = [self.empty_dir, self.config_map, self.persistent_volume_claim]
+        if sum(kind is not None for kind in kinds) != 1:
+            raise ValueError(
+                f"spec.pod.volumes {self.name} needs exactly one of emptyDir, configMap, persistentVolumeClaim"
+            )
+        if self.name.startswith(OPERATOR_VOLUME_PREFIX):
+            raise ValueError(
+                f"spec.pod.volumes {self.name}: names starting with {OPERATOR_VOLUME_PREFIX} are the operator's "
+                "volumes; rename it"
+            )
+        return self
+
+    @property
+    def type(self) -> VolumeType:
+        if self.empty_dir is not None:
+            return "emptyDir"
+        return "configMap" if self.config_map is not None else "persistentVolumeClaim"
+
+
+class PodVolumeMount(Contract):
+    name: str = Field(min_length=1, max_length=63, description="a volume of spec.pod.volumes")
+    mount_path: str = Field(min_length=1, max_length=256)
+    read_only: bool | None = None
+    sub_path: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _paths(self) -> PodVolumeMount:
+        if (problem := mount_path_problem(self.mount_path)) is not None:
+            raise ValueError(problem)
+        if self.sub_path is not None and (
+            problem := relative_path_problem("spec.pod.volumeMounts subPath", self.sub_path)
+        ):
+            raise ValueError(problem)
+        return self
+
+
+class PodOverrides(Contract):
+    """spec.pod: what the sweep adds to each of its pods; the rest of the pod is the operator's."""
+
+    env: list[PodEnvVar] = Field(default_factory=list, max_length=64)
+    volumes: list[PodVolume] = Field(default_factory=list, max_length=16)
+    volume_mounts: list[PodVolumeMount] = Field(default_factory=list, max_length=16)
+    labels: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict, max_length=32)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PodOverrides:
+        problems = []
+        for field, names in (
+            ("env", [item.name for item in self.env]),
+            ("volumes", [volume.name for volume in self.volumes]),
+            ("volumeMounts", [mount.mount_path for mount in self.volume_mounts]),
+        ):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                problems.append(f"spec.pod.{field} {', '.join(repeated)} given more than once; give each once")
+        volumes = {volume.name for volume in self.volumes}
+        if unknown := [mount.name for mount in self.volume_mounts if mount.name not in volumes]:
+            problems.append(
+                f"spec.pod.volumeMounts {', '.join(unknown)}: no such volume in spec.pod.volumes; add it there or fix "
+                "the name"
+            )
+        mounted = {mount.name for mount in self.volume_mounts}
+        if unmounted := [volume.name for volume in self.volumes if volume.name not in mounted]:
+            problems.append(
+                f"spec.pod.volumes {', '.join(unmounted)} mounted nowhere; add a volumeMount for it or remove it"
+            )
+        secrets = sum(item.source == "secretKeyRef" for item in self.env)
+        if secrets > MAX_SECRET_REFS:
+            problems.append(
+                f"spec.pod.env takes more than {MAX_SECRET_REFS} values from Secrets ({secrets}; the admission policy "
+                "checks each against your rights); keep the others in the trial's own files"
+            )
+        config_maps = sum(item.source == "configMapKeyRef" for item in self.env)
+        config_maps += sum(volume.type == "configMap" for volume in self.volumes)
+        if config_maps > MAX_CONFIG_MAP_REFS:
+            problems.append(
+                f"spec.pod names ConfigMaps more than {MAX_CONFIG_MAP_REFS} times ({config_maps}, env configMapKeyRef "
+                "and configMap volumes; the admission policy checks each against your rights): mount one ConfigMap "
+                "as a volume instead of several keys as env"
+            )
+        problems += key_problems("labels", list(self.labels))
+        problems += key_problems("annotations", list(self.annotations))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def secret_names(self) -> list[str]:
+        return [
+            item.value_from.secret_key_ref.name
+            for item in self.env
+            if item.value_from and item.value_from.secret_key_ref
+        ]
+
+    def config_map_names(self) -> list[str]:
+        names = [
+            item.value_from.config_map_key_ref.name
+            for item in self.env
+            if item.value_from and item.value_from.config_map_key_ref
+        ]
+        return names + [volume.config_map.name for volume in self.volumes if volume.config_map is not None]
+
+    def claim_names(self) -> list[str]:
+        return [v.persistent_volume_claim.claim_name for v in self.volumes if v.persistent_volume_claim is not None]
+
+
 class LoraSweepSpec(Contract):
     image: str = Field(min_length=1, description="the trainer image")
     command: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMAND), min_length=1)
@@ -442,6 +738,9 @@ class LoraSweepSpec(Contract):
     priority_class_name: str | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
     service_account_name: str | None = None
+    pod: PodOverrides | None = Field(
+        default=None, description="extra env, volumes, mounts, labels and annotations of the sweep's pods"
+    )
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = 2
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
@@ -617,6 +916,9 @@ class BestTrial(StatusModel):
     metric: ObjectiveMetric
     objective: float
     metrics_uri: str | None = None
+    adapter_uri: str | None = Field(
+        default=None, description="the trial's adapter folder, beside its metrics.json: lorasweep-trainer predict/merge"
+    )
     summary: str = Field(description="'<objective> <variant>', the Best printer column")
 
 

@@ -55,7 +55,7 @@ from lorasweep_operator.spec import (
     TrialStatus,
 )
 from lorasweep_trainer.config import TRIAL_ENV, Goal, TrialConfig
-from lorasweep_trainer.results import PackSummary, TerminationSummary
+from lorasweep_trainer.results import PackSummary, TerminationSummary, adapter_uri_beside
 
 # A succeeded trial whose result could not be read from its termination message.
 RESULT_UNREADABLE = "ResultUnreadable"
@@ -426,6 +426,7 @@ def _best(rows: Sequence[tuple[int, TrialStatus]], spec: LoraSweepSpec, sign: fl
         metric=spec.objective.metric,
         objective=row.objective,
         metrics_uri=row.metrics_uri,
+        adapter_uri=adapter_uri_beside(row.metrics_uri) if row.metrics_uri else None,
         summary=f"{row.objective:.4g} {row.variant or row.id}",
     )
 

@@ -3,6 +3,7 @@ real trainer processes on the CPU, and a report whose tables match the trials th
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,23 @@ def test_demo_runs_a_sweep_and_reports_it(tmp_path: Path) -> None:
         size = getattr(trials[0].dataset, split)
         assert f"| {split} | {size} | 0 |" in report
     assert "none was skipped" in report
+
+    # The best adapter, as the demo names it, gives the test predictions its metrics.json recorded.
+    hint = next(line for line in done.stdout.splitlines() if line.startswith("Its best adapter on the clips: "))
+    command = hint.split(": ", 1)[1].split()
+    assert command[:3] == ["lorasweep-trainer", "predict", "--adapter"]
+    adapter = Path(command[3])
+    best = next(t for t in trials if adapter == folder / "trials" / t.trial / "adapter")
+    assert best.val_accuracy == max(t.val_accuracy for t in trials)
+    predicted = subprocess.run(
+        [BIN / command[0], *command[1:], "--json", "--device", "cpu"], capture_output=True, text=True, timeout=600
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    rows = {row["clip"]: row for row in json.loads(predicted.stdout)["predictions"]}
+    for clip, label in best.test_predictions.items():
+        assert rows[clip]["predicted"] == label
+        probabilities = [rows[clip]["probabilities"][name] for name in best.classes]
+        assert probabilities == pytest.approx(best.test_probabilities[clip], abs=1e-5)
 
     # Running it again finds every trial finished and only rewrites the report.
     again = subprocess.run(

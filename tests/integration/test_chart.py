@@ -264,6 +264,10 @@ def test_schema_accepts_the_defaults_and_every_ci_file() -> None:
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("operator.watchNamespace=team-a", "watchNamespace"),
         ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+        ("policy.pod.volumeTypes={hostPath}", "/policy/pod/volumeTypes/0"),
+        ("policy.pod.envSources={fieldRef}", "/policy/pod/envSources/0"),
+        ("policy.pod.allowedLabels={not a key}", "/policy/pod/allowedLabels/0"),
+        ("policy.pod.allowedClaims={Not_A_Claim}", "/policy/pod/allowedClaims/0"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_readable_message(helm: Path, setting: str, complaint: str) -> None:
@@ -271,3 +275,26 @@ def test_schema_rejects_bad_values_with_a_readable_message(helm: Path, setting: 
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert complaint in result.stderr
+
+
+@pytest.mark.parametrize("policy", ["strict", "wide"])
+def test_policy_values_become_the_operators_policy(render: Render, tmp_path: Path, policy: str) -> None:
+    """The Deployment's flags give the operator the policy the admission policy holds authors to (policy_cases)."""
+    from lorasweep_operator.commands.operator import job_policy as cli_policy
+    from policy_cases import POLICIES, job_policy
+
+    values = tmp_path / "policy.yaml"
+    values.write_text(yaml.safe_dump({"policy": POLICIES[policy]}))
+    (container,) = the(render(values), "Deployment")["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args([*container["command"][1:], *container["args"]])
+    assert cli_policy(args) == job_policy(POLICIES[policy])
+
+
+def test_no_env_sources_or_volume_types_become_flags_that_allow_none(render: Render, tmp_path: Path) -> None:
+    from lorasweep_operator.commands.operator import job_policy as cli_policy
+
+    values = tmp_path / "none.yaml"
+    values.write_text(yaml.safe_dump({"policy": {"pod": {"envSources": [], "volumeTypes": []}}}))
+    (container,) = the(render(values), "Deployment")["spec"]["template"]["spec"]["containers"]
+    policy = cli_policy(cli.build_parser().parse_args([*container["command"][1:], *container["args"]]))
+    assert (policy.env_sources, policy.volume_types) == ((), ())

@@ -41,6 +41,7 @@ def test_status_shows_phase_counts_best_and_table(cluster: Any, namespace: str) 
             metric="val_accuracy",
             objective=0.75,
             metrics_uri="s3://lorasweep-demo/sweeps/x/trials/a1b2c3d4e5/metrics.json",
+            adapter_uri="s3://lorasweep-demo/sweeps/x/trials/a1b2c3d4e5/adapter/",
             summary="0.7500 learningRate=0.005",
         ),
         trials=[
@@ -76,6 +77,11 @@ def test_status_shows_phase_counts_best_and_table(cluster: Any, namespace: str) 
     assert lines[0] == f"LoraSweep {namespace}/tiny-cpu: Running"
     assert lines[1] == "trials: 3 total, 1 running, 0 pending, 1 succeeded, 1 failed"
     assert lines[2].startswith("best: a1b2c3d4e5 val_accuracy=0.7500 (learningRate=0.005)")
+    # Kept by the CRD's status schema and shown with how to use it.
+    assert lines[3] == (
+        "best adapter: s3://lorasweep-demo/sweeps/x/trials/a1b2c3d4e5/adapter/ "
+        "(lorasweep-trainer predict --adapter URI --clips PATH)"
+    )
     assert any(line.split()[:2] == ["a1b2c3d4e5", "Succeeded"] and "0.6250" in line for line in lines)
     assert any(line.split()[:2] == ["f6e5d4c3b2", "Failed"] and "DatasetUnusable" in line for line in lines)
 

@@ -97,6 +97,9 @@ def test_run_writes_trials_and_report_to_the_sweeps_storage(s3_server: Any, s3_b
     assert [k for k in stored if k.endswith("/metrics.json")] != []
     assert "sweeps/team-a/s3run/report/report.md" in stored
     assert f"report: s3://{s3_bucket}/sweeps/team-a/s3run/report/report.md" in done.stdout
+    # The best adapter is named where it was stored.
+    (trial,) = {k.split("/")[4] for k in stored if k.endswith("/metrics.json")}
+    assert f"adapter s3://{s3_bucket}/sweeps/team-a/s3run/trials/{trial}/adapter/" in done.stdout
     # The trainers' logs stay on this machine.
     assert list((tmp_path / "runs" / "s3run" / "trials").glob("*/trainer.log"))
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -28,7 +28,7 @@ from fixtures_cluster import wait_for
 from lorasweep_operator import status as statuses
 from lorasweep_operator.devcluster import binaries
 from lorasweep_operator.spec import API_VERSION, KIND
-from policy_cases import CASES, POLICIES, SECRET, STRICT, case_spec
+from policy_cases import CASES, CONFIG_MAP, OTHER_CONFIG_MAP, POLICIES, SECRET, STRICT, case_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "lorasweep"
@@ -90,6 +90,12 @@ def make_users(cluster: Any, namespace: str) -> None:
     cluster.kubectl("create", "role", "read-s3", "-n", namespace, "--verb=get", "--resource=secrets",
                     f"--resource-name={SECRET}")  # fmt: skip
     cluster.kubectl("create", "rolebinding", "carol-reads-s3", "-n", namespace, "--role=read-s3", f"--user={READER}")
+    for config_map in (CONFIG_MAP, OTHER_CONFIG_MAP):
+        cluster.kubectl("create", "configmap", config_map, "-n", namespace, "--from-literal=url=http://x")
+    cluster.kubectl("create", "role", "read-config", "-n", namespace, "--verb=get", "--resource=configmaps",
+                    f"--resource-name={CONFIG_MAP}")  # fmt: skip
+    cluster.kubectl("create", "rolebinding", "carol-reads-config", "-n", namespace, "--role=read-config",
+                    f"--user={READER}")  # fmt: skip
     cluster.kubectl("create", "rolebinding", "dave-admin", "-n", namespace, "--clusterrole=admin", f"--user={ADMIN}")
 
 

@@ -224,6 +224,8 @@ def test_every_artifact_is_in_object_storage(trial: TrialRun) -> None:
         "train.jsonl",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
+        "adapter/lorasweep_adapter.json",
+        "adapter/video_preprocessor_config.json",
     }
     assert storage.read_bytes(f"{trial.output}confusion_matrix.png").startswith(b"\x89PNG")
     matrix = json.loads(storage.read_bytes(f"{trial.output}confusion_matrix.json"))

@@ -329,3 +329,59 @@ def test_publish_limits_the_report_to_the_named_trials(tmp_path: Path) -> None:
     assert "**Trials:** 2 (2 configurations × 1 seed: 42)" in text
     assert "ref-gone (DatasetUnusable: no clips of action 27)" in text
     assert "Rank=64" not in text
+
+
+def test_the_report_names_the_best_configurations_adapter(trials: list[TrialMetrics]) -> None:
+    with_adapters = [t.model_copy(update={"adapter_uri": f"s3://b/trials/{t.trial}/adapter/"}) for t in trials]
+    best = next(t for t in with_adapters if t.trial == "ref-rank-64")
+    # A second seed of the best configuration, behind the first on validation: the first's adapter is the one.
+    second = best.model_copy(
+        update={
+            "trial": "ref-rank-64-s7",
+            "params": best.params.model_copy(update={"seed": 7}),
+            "val_accuracy": best.val_accuracy - 1 / 30,  # one clip: the mean still leads
+            "adapter_uri": "s3://b/trials/ref-rank-64-s7/adapter/",
+        }
+    )
+    report = build_report([*with_adapters, second])
+    assert report.best.trials == ["ref-rank-64-s7", "ref-rank-64"]
+    assert report.best_adapter is not None
+    assert (report.best_adapter.trial, report.best_adapter.uri) == ("ref-rank-64", "s3://b/trials/ref-rank-64/adapter/")
+    assert report.best.adapter_uris == {
+        "ref-rank-64-s7": "s3://b/trials/ref-rank-64-s7/adapter/",
+        "ref-rank-64": "s3://b/trials/ref-rank-64/adapter/",
+    }
+    text = render_markdown(report)
+    assert (
+        "- The best configuration's adapter (trial ref-rank-64): `s3://b/trials/ref-rank-64/adapter/`; "
+        "`lorasweep-trainer predict --adapter s3://b/trials/ref-rank-64/adapter/ --clips <clips>`"
+    ) in text
+    assert "- **Adapter of ref-rank-64:** `s3://b/trials/ref-rank-64/adapter/`" in text
+    assert "- **Adapter:** `s3://b/trials/ref-lr-1e-3/adapter/`" in text  # the second configuration, one seed
+
+    # Minimizing the objective picks the seed with the lower value.
+    losses = [t.model_copy(update={"val_loss": 1.0 - t.val_accuracy}) for t in [*with_adapters, second]]
+    assert build_report(losses, objective="val_loss").best_adapter.uri == "s3://b/trials/ref-rank-64/adapter/"  # type: ignore[union-attr]
+
+
+def test_a_report_without_adapters_names_none(trials: list[TrialMetrics]) -> None:
+    report = build_report(trials)
+    assert report.best_adapter is None and report.best.adapter_uris == {}
+    assert "adapter (trial" not in render_markdown(report)
+
+
+def test_metrics_read_from_storage_name_the_adapter_beside_them_when_it_is_there(tmp_path: Path) -> None:
+    good = (REFERENCE / "trials" / "ref-baseline" / "metrics.json").read_text()
+    for trial, files in {
+        "a": ("adapter_config.json", "adapter_model.safetensors"),
+        "b": ("adapter_config.json",),
+    }.items():
+        (tmp_path / "trials" / trial / "adapter").mkdir(parents=True)
+        (tmp_path / "trials" / trial / "metrics.json").write_text(good.replace("ref-baseline", trial))
+        for name in files:
+            (tmp_path / "trials" / trial / "adapter" / name).write_bytes(b"{}")
+    loaded, problems = load_metrics(str(tmp_path / "trials"))
+    assert problems == {}
+    adapters = {t.trial: t.adapter_uri for t in loaded}
+    # b's adapter is incomplete (no weights): not named.
+    assert adapters == {"a": f"{tmp_path / 'trials' / 'a' / 'adapter'}/", "b": None}

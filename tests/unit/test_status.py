@@ -130,6 +130,8 @@ def test_aggregate_counts_results_and_best_with_deterministic_ties() -> None:
     assert new.best is not None
     assert (new.best.trial, new.best.objective) == (plan[1].id, 0.8)  # tie with plan[2]: plan order wins
     assert new.best.metrics_uri == f"s3://b/out/ns/s/trials/{plan[1].id}/metrics.json"
+    assert new.best.adapter_uri == f"s3://b/out/ns/s/trials/{plan[1].id}/adapter/"  # written beside metrics.json
+    assert new.to_patch()["best"]["adapterUri"] == new.best.adapter_uri
     assert new.best.summary == "0.8 baseline"  # the list item equal to spec.training
     assert [row.id for row in new.trials] == [plan[1].id, plan[2].id, plan[0].id, plan[3].id]
     assert new.trials[0].metrics["test_accuracy"] == 0.5 and new.trials[0].best_epoch == 4

@@ -157,8 +157,13 @@ def features_context(frames: Mapping[str, str], encoder_digest: str, precision: 
 def encoder_digest(encoder: torch.nn.Module) -> str:
     """SHA-256 of the encoder's weights and buffers: the model identity that works for hub names, revisions,
     local folders and seeded presets alike."""
+    return tensors_digest(encoder.state_dict())
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes and bytes, in name order)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())

@@ -1,7 +1,8 @@
-"""``lorasweep-trainer``: train (the image's entrypoint), synth, inspect, bench.
+"""``lorasweep-trainer``: train (the image's entrypoint), prepare, predict, merge, synth, inspect, bench.
 
 Exit codes of ``train``: 0 succeeded, 2 invalid trial configuration, 3 dataset unusable; anything else is a
-retryable failure. Every outcome, success or failure, leaves a termination message (results.TerminationSummary)
+retryable failure. ``predict`` and ``merge`` exit 2 for an unusable adapter or argument and 3 when no clip can
+be decoded. Every outcome, success or failure, leaves a termination message (results.TerminationSummary)
 in ``$LORASWEEP_TERMINATION_LOG`` (default /dev/termination-log).
 """
 
@@ -12,7 +13,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -217,6 +220,59 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_SUCCEEDED
 
 
+def _use_adapter(args: argparse.Namespace, use: Callable[[Any], int], check: Callable[[], None]) -> int:
+    """Run ``check`` (the other arguments, before any model is loaded), load ``--adapter`` (and ``--base``) and run
+    ``use`` on it; an error is one line that says what to fix."""
+    import tempfile
+
+    from lorasweep_trainer.data import DatasetError
+    from lorasweep_trainer.inference import load_adapter
+    from lorasweep_trainer.storage import StorageError
+
+    try:
+        check()
+        with tempfile.TemporaryDirectory(prefix="lorasweep-adapter-") as work:
+            return use(load_adapter(args.adapter, Path(work), args.device, args.base))
+    except ConfigError as error:
+        print(f"lorasweep-trainer {args.command}: {error}", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    except DatasetError as error:
+        print(f"lorasweep-trainer {args.command}: {error}", file=sys.stderr)
+        return EXIT_DATASET_UNUSABLE
+    except StorageError as error:
+        print(f"lorasweep-trainer {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lorasweep_trainer import inference
+
+    if args.batch_size < 1:
+        print("lorasweep-trainer predict: --batch-size must be at least 1", file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+
+    def run(loaded: Any) -> int:
+        result = inference.predict(loaded, args.clips, args.batch_size, args.io_threads)
+        print(json.dumps(inference.as_json(result), indent=2) if args.json else inference.format_table(result))
+        return EXIT_SUCCEEDED
+
+    return _use_adapter(args, run, lambda: inference.check_location(args.clips, "--clips"))
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from lorasweep_trainer import inference
+
+    def run(loaded: Any) -> int:
+        written = inference.merge(loaded, args.out)
+        print(
+            f"wrote the merged model ({len(written)} files) to {args.out}; load it with "
+            f"VJEPA2ForVideoClassification.from_pretrained({args.out!r})"
+        )
+        return EXIT_SUCCEEDED
+
+    return _use_adapter(args, run, lambda: inference.check_out(args.out))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lorasweep_trainer.bench import run_bench
 
@@ -267,6 +323,28 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="print trainable and total parameters of a trial's model")
     inspect.add_argument("--trial", required=True, help="trial configuration JSON file")
     inspect.set_defaults(func=cmd_inspect)
+
+    def adapter_arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--adapter", required=True, help="a trial's adapter folder: local path or s3://.../trials/<trial>/adapter/"
+        )
+        command.add_argument(
+            "--base", help="a hub name or folder holding the same base weights (e.g. offline); checked by digest"
+        )
+        command.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    predict = sub.add_parser("predict", help="classify clips with a trial's adapter (its sweep's class names)")
+    adapter_arguments(predict)
+    predict.add_argument("--clips", required=True, help="a video file, a folder, or an s3:// object or prefix")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--batch-size", type=int, default=4)
+    predict.add_argument("--io-threads", type=int, default=4, help="clips fetched and decoded at once")
+    predict.set_defaults(func=cmd_predict)
+
+    merge = sub.add_parser("merge", help="fold a trial's adapter into its base model, loadable with from_pretrained")
+    adapter_arguments(merge)
+    merge.add_argument("--out", required=True, help="a new or empty folder, or an s3:// prefix")
+    merge.set_defaults(func=cmd_merge, device="cpu")
 
     bench = sub.add_parser("bench", help="measure S3 GET + decode and training throughput")
     bench.add_argument("--large-clips", type=int, default=6, help="1920x1080 clips to read")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ class Predictions:
     labels: list[int]
     predicted: list[int]
     loss: float  # mean cross-entropy over the clips
+    probabilities: list[list[float]] = field(default_factory=list)  # softmax of each clip's logits
 
     @property
     def accuracy(self) -> float:
@@ -54,6 +55,7 @@ def predict(
     uris: list[str] = []
     labels: list[int] = []
     predicted: list[int] = []
+    probabilities: list[list[float]] = []
     loss_sum = 0.0
     for samples, inputs, batch_labels in batches:
         with autocast(device):
@@ -62,7 +64,8 @@ def predict(
         uris += [sample.uri for sample in samples]
         labels += batch_labels.tolist()
         predicted += logits.argmax(-1).tolist()
-    return Predictions(uris, labels, predicted, loss_sum / max(1, len(labels)))
+        probabilities += logits.softmax(-1).tolist()
+    return Predictions(uris, labels, predicted, loss_sum / max(1, len(labels)), probabilities)
 
 
 def accuracy(labels: Sequence[int], predicted: Sequence[int]) -> float:

@@ -7,7 +7,9 @@
   for parameter accounting and benchmarks without a download.
 
 Preset weights are drawn from a generator seeded by the trial seed, so "a fresh base built the same way" is
-bit-identical, which is what lets a saved adapter be reloaded and reproduce predictions.
+bit-identical, which is what lets a saved adapter be reloaded and reproduce predictions. A preset's adapter names
+its base ``preset:<name>`` at revision ``seed-<trial seed>`` (`base_reference`); `model_config_for` turns an
+adapter's recorded base back into the ModelConfig that builds it, and `base_digest` checks that it did.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from peft import PeftModel, get_peft_model
 from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2VideoProcessor
 
 from lorasweep_trainer import config as contract
+from lorasweep_trainer.cache import tensors_digest
 from lorasweep_trainer.config import ConfigError, LoraConfig, ModelConfig
 from lorasweep_trainer.evaluate import autocast
+from lorasweep_trainer.results import PRESET_PREFIX, PRESET_REVISION_PREFIX, AdapterBase
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -151,6 +155,48 @@ def build_base_model(
 def build_processor(config: VJEPA2Config) -> VJEPA2VideoProcessor:
     """V-JEPA2's own preprocessing (resize the short side to crop x 256/224, centre crop, ImageNet norm)."""
     return VJEPA2VideoProcessor(crop_size=config.crop_size)
+
+
+# --- the base model's identity, recorded with the adapter and read back by predict and merge -----------------
+
+
+def model_identity(model: ModelConfig) -> tuple[str, str | None]:
+    """Where the base weights come from (a hub name or a folder) and at which revision: the one place that
+    reads them from ModelConfig (``name``; no revision can be asked for yet, so None)."""
+    return model.name, None
+
+
+def model_config_for(base: AdapterBase, frames_per_clip: int, source: str | None = None) -> ModelConfig:
+    """The ModelConfig that builds ``base`` again (the inverse of `model_identity` and `base_reference`);
+    ``source``: another hub name or folder holding the same weights."""
+    if base.preset is not None:
+        return ModelConfig(preset=base.preset, frames_per_clip=frames_per_clip)
+    return ModelConfig(name=source or base.name_or_path, frames_per_clip=frames_per_clip)
+
+
+def base_reference(model: ModelConfig, seed: int, loaded: VJEPA2ForVideoClassification) -> tuple[str, str | None]:
+    """The adapter's ``base_model_name_or_path`` and ``revision``: ``preset:<name>`` at ``seed-<seed>`` for a
+    preset; else the hub name or folder at the revision asked for, or else the hub commit the weights came from
+    (None for a folder)."""
+    if model.preset is not None:
+        return f"{PRESET_PREFIX}{model.preset}", f"{PRESET_REVISION_PREFIX}{seed}"
+    name, revision = model_identity(model)
+    commit = getattr(loaded.config, "_commit_hash", None)
+    return name, revision or (commit if isinstance(commit, str) and commit else None)
+
+
+def base_digest(model: VJEPA2ForVideoClassification) -> str:
+    """SHA-256 of the base weights an adapter applies to: everything but the classifier (new for our classes, and
+    saved in the adapter in full), so a rebuilt base can be checked before the adapter goes on it."""
+    return tensors_digest({k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")})
+
+
+def name_adapter_base(model: PeftModel, name_or_path: str, revision: str | None) -> None:
+    """Fill the adapter's ``base_model_name_or_path`` and ``revision`` (adapter_config.json) before it is saved:
+    peft takes the model's ``name_or_path``, empty for a preset, and never knows the hub commit."""
+    for peft_config in model.peft_config.values():
+        peft_config.base_model_name_or_path = name_or_path
+        peft_config.revision = revision
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -12,12 +12,21 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, ObjectiveMetric
+from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, ModelPreset, ObjectiveMetric
 
 METRICS_SCHEMA: Final = "lorasweep.metrics/v1"
 METRICS_FILE = "metrics.json"
 EVENT_LOG = "train.jsonl"  # one JSON object per line: step, epoch, test and corrupt-clip events
 ADAPTER_FOLDER = "adapter"
+# Beside peft's adapter_config.json and adapter_model.safetensors in ADAPTER_FOLDER: what `predict` and `merge`
+# need to use the adapter without the sweep (AdapterInfo), and the video processor (save_pretrained's file).
+ADAPTER_INFO_FILE = "lorasweep_adapter.json"
+ADAPTER_SCHEMA: Final = "lorasweep.adapter/v1"
+PEFT_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A preset has no hub name: its adapter's base_model_name_or_path is "preset:<name>" (as metrics.json's `model`)
+# and its revision "seed-<trial seed>", the seed its random weights are drawn with (model.py).
+PRESET_PREFIX = "preset:"
+PRESET_REVISION_PREFIX = "seed-"
 
 
 class Record(BaseModel):
@@ -113,6 +122,10 @@ class TrialMetrics(Record):
     test_predictions: dict[str, str] = Field(
         default_factory=dict, description="test clip key -> predicted class, from the best epoch's adapter"
     )
+    test_probabilities: dict[str, list[float]] = Field(
+        default_factory=dict, description="test clip key -> class probabilities (softmax) in classes order"
+    )
+    adapter_uri: str | None = Field(default=None, description="the best epoch's adapter (peft save_pretrained)")
     feature_cache: FeatureCacheUse | None = None
     cache: dict[str, int] | None = Field(default=None, description="cache shards hit/built/rejected, decodes")
     tracking: TrackingUse | None = None
@@ -122,6 +135,41 @@ class TrialMetrics(Record):
     def objective(self, metric: ObjectiveMetric) -> float | None:
         value = getattr(self, metric)
         return None if value is None else float(value)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)
+
+
+def adapter_uri_beside(metrics_uri: str) -> str:
+    """The adapter folder of the trial whose metrics.json is ``metrics_uri``: they are written side by side
+    (DESIGN.md "Artifacts"), so whoever knows one knows the other."""
+    return f"{metrics_uri.rsplit('/', 1)[0]}/{ADAPTER_FOLDER}/"
+
+
+class AdapterBase(Record):
+    """The base model an adapter was trained on, enough to build it again bit for bit."""
+
+    name_or_path: str = Field(description="the adapter's base_model_name_or_path: hub name, folder or preset:<name>")
+    revision: str | None = Field(description="the hub commit the weights came from; seed-<n> for a preset")
+    preset: ModelPreset | None = None
+    seed: int = Field(description="the trial seed: it draws a preset's weights (and a new classifier's init)")
+    digest: str = Field(description="SHA-256 of the base weights without the classifier (model.base_digest)")
+
+
+class AdapterInfo(Record):
+    """``lorasweep_adapter.json``: what using the adapter needs beyond peft's own files."""
+
+    schema_: Literal["lorasweep.adapter/v1"] = Field(ADAPTER_SCHEMA, alias="schema")
+    sweep: str
+    trial: str
+    classes: list[str] = Field(description="the classifier's labels in id2label order")
+    frames_per_clip: int = Field(description="frames sampled per clip: the centre of each of as many equal segments")
+    base: AdapterBase
+    best_epoch: int
+    git_commit: str
+    merged_from: str | None = Field(default=None, description="in a merged model's folder: the adapter merged")
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2)

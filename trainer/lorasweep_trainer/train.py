@@ -43,8 +43,11 @@ from lorasweep_trainer.decode import DecodePool
 from lorasweep_trainer.progress import report_epoch
 from lorasweep_trainer.results import (
     ADAPTER_FOLDER,
+    ADAPTER_INFO_FILE,
     EVENT_LOG,
     METRICS_FILE,
+    AdapterBase,
+    AdapterInfo,
     DatasetSizes,
     EpochMetrics,
     FeatureCacheUse,
@@ -289,6 +292,14 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
 
     # Model: the base, then LoRA (the only trainable weights) on top.
     base = modeling.build_base_model(cfg.model, classes, cfg.seed)
+    base_name, base_revision = modeling.base_reference(cfg.model, cfg.seed, base)
+    adapter_base = AdapterBase(
+        name_or_path=base_name,
+        revision=base_revision,
+        preset=cfg.model.preset,
+        seed=cfg.seed,
+        digest=modeling.base_digest(base),
+    )
     total_parameters = modeling.count_parameters(base)
     model = modeling.apply_lora(base, training.lora).to(device)
     trainable_parameters = modeling.count_parameters(model, trainable_only=True)
@@ -412,7 +423,21 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
     per_class = evaluate.per_class(matrix, classes)
     telemetry.test_accuracy.set(test.accuracy)
     events.write("test", best_epoch=best_epoch, test_accuracy=test.accuracy, inference_ms_per_video=inference_ms)
-    model.save_pretrained(str(work / ADAPTER_FOLDER))
+    commit = git_commit()
+    save_adapter(
+        model,
+        processor,
+        work / ADAPTER_FOLDER,
+        AdapterInfo(
+            sweep=cfg.sweep,
+            trial=cfg.trial,
+            classes=classes,
+            frames_per_clip=cfg.model.frames_per_clip,
+            base=adapter_base,
+            best_epoch=best_epoch,
+            git_commit=commit,
+        ),
+    )
     (work / CONFUSION_JSON).write_text(
         json.dumps({"classes": classes, "rows": "actual", "columns": "predicted", "matrix": matrix}, indent=2)
     )
@@ -457,7 +482,7 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
         total_parameters=total_parameters,
         inference_ms_per_video=inference_ms,
         train_seconds=train_seconds,
-        git_commit=git_commit(),
+        git_commit=commit,
         model=cfg.model.name if cfg.model.preset is None else f"preset:{cfg.model.preset}",
         device=describe_device(device),
         started_at=started_at,
@@ -465,6 +490,8 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
         split=split.keys(),
         corrupt_clips=list(corrupt.uris),
         test_predictions={uri: classes[p] for uri, p in zip(test.uris, test.predicted, strict=True)},
+        test_probabilities=dict(zip(test.uris, test.probabilities, strict=True)),
+        adapter_uri=storage.join(cfg.output, ADAPTER_FOLDER) + "/",
         feature_cache=inputs.feature_cache,
         cache=inputs.stats.as_dict() if cfg.cache is not None else None,
     )
@@ -473,6 +500,17 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
     events.close()
     telemetry.push()
     return metrics
+
+
+def save_adapter(model: PeftModel, processor: Any, folder: Path, info: AdapterInfo) -> None:
+    """peft's adapter files with the base named (adapter_config.json), the video processor, and AdapterInfo:
+    everything `lorasweep-trainer predict` and `merge` need, in one folder."""
+    modeling.name_adapter_base(model, info.base.name_or_path, info.base.revision)
+    # "auto" would ask the hub whether base_model_name_or_path has a config.json (for a text model's resized
+    # vocabulary): a request from the pod, and a warning for a preset. A video model has no vocabulary to save.
+    model.save_pretrained(str(folder), save_embedding_layers=False)
+    processor.save_pretrained(str(folder))
+    (folder / ADAPTER_INFO_FILE).write_text(info.to_json(), encoding="utf-8")
 
 
 def optimizer_step(

@@ -88,17 +88,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a PriorityClass spec.priorityClassName may name (repeatable; default none)",
     )
+    policy.add_argument(
+        "--allowed-env-source",
+        action="append",
+        default=None,
+        choices=("value", "secretKeyRef", "configMapKeyRef", ""),
+        help="where a spec.pod.env value may come from (repeatable; default all three; --allowed-env-source='' "
+        "alone allows no spec.pod.env)",
+    )
+    policy.add_argument(
+        "--allowed-volume-type",
+        action="append",
+        default=None,
+        choices=("emptyDir", "configMap", "persistentVolumeClaim", ""),
+        help="a type of volume spec.pod.volumes may use (repeatable; default all three; --allowed-volume-type='' "
+        "alone allows no spec.pod.volumes)",
+    )
+    policy.add_argument(
+        "--allowed-claim",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a PersistentVolumeClaim spec.pod.volumes may mount (repeatable; default any)",
+    )
+    policy.add_argument(
+        "--allowed-label",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a pod label key spec.pod.labels may set, or a prefix ending in '/' (repeatable; default none)",
+    )
+    policy.add_argument(
+        "--allowed-annotation",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a pod annotation key spec.pod.annotations may set, or a prefix ending in '/' (repeatable; default none)",
+    )
+
+
+def _given(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A repeatable flag's values: the default when absent, none for a lone empty value."""
+    return default if values is None else tuple(value for value in values if value)
 
 
 def job_policy(args: argparse.Namespace) -> JobPolicy:
-    from lorasweep_operator.policy import DEFAULT_TRAINER_IMAGE, JobPolicy
+    from lorasweep_operator.policy import DEFAULT_TRAINER_IMAGE, ENV_SOURCES, VOLUME_TYPES, JobPolicy
 
-    images = (DEFAULT_TRAINER_IMAGE,) if args.allowed_image is None else tuple(i for i in args.allowed_image if i)
     return JobPolicy(
-        allowed_images=images,
+        allowed_images=_given(args.allowed_image, (DEFAULT_TRAINER_IMAGE,)),
         allow_command_override=bool(args.allow_command_override),
         allowed_service_accounts=tuple(args.allowed_service_account),
         allowed_priority_classes=tuple(args.allowed_priority_class),
+        env_sources=_given(args.allowed_env_source, ENV_SOURCES),
+        volume_types=_given(args.allowed_volume_type, VOLUME_TYPES),
+        allowed_claims=tuple(args.allowed_claim),
+        allowed_labels=tuple(args.allowed_label),
+        allowed_annotations=tuple(args.allowed_annotation),
     )
 
 
@@ -122,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     policy = handlers.SETTINGS.policy
     log.info(
         "operator starting namespaces=%s metrics_port=%s health_port=%s progress_url=%s allowed_images=%s "
-        "command_override=%s service_accounts=%s priority_classes=%s",
+        "command_override=%s service_accounts=%s priority_classes=%s env_sources=%s volume_types=%s claims=%s "
+        "labels=%s annotations=%s",
         "*" if clusterwide else ",".join(args.namespace),
         args.metrics_port,
         args.health_port,
@@ -131,6 +178,11 @@ def run(args: argparse.Namespace) -> int:
         policy.allow_command_override,
         ",".join(policy.allowed_service_accounts) or "-",
         ",".join(policy.allowed_priority_classes) or "-",
+        ",".join(policy.env_sources) or "-",
+        ",".join(policy.volume_types) or "-",
+        ",".join(policy.allowed_claims) or "*",
+        ",".join(policy.allowed_labels) or "-",
+        ",".join(policy.allowed_annotations) or "-",
     )
     kopf.run(
         standalone=True,

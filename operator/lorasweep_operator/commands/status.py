@@ -68,6 +68,8 @@ def describe(name: str, status: LoraSweepStatus) -> list[str]:
             f"best: {best.trial} {best.metric}={best.objective:.4f} ({best.variant or best.group or 'baseline'})"
             + (f" metrics {best.metrics_uri}" if best.metrics_uri else "")
         )
+        if best.adapter_uri:
+            lines.append(f"best adapter: {best.adapter_uri} (lorasweep-trainer predict --adapter URI --clips PATH)")
     from lorasweep_operator.status import REPORT_WRITTEN
 
     report = status.condition(REPORT_WRITTEN)

@@ -95,10 +95,15 @@ def run(args: argparse.Namespace) -> int:
         device="cpu",
         resume_command=[program(), "demo", "--dir", str(args.dir), "--parallel", str(args.parallel)],
     )
-    code = LocalSweep(manifest, plan(manifest.spec, manifest.name), options).run()
+    sweep = LocalSweep(manifest, plan(manifest.spec, manifest.name), options)
+    code = sweep.run()
     if code == EXIT_OK:
         print(
             f"\nThe demo's report: {folder / 'report' / REPORT_FILE}\n"
             f"Its sweep file: {sweep_file} (run it again with: lorasweep run {sweep_file} --out {folder})"
         )
+        if sweep.best_adapter is not None:
+            print(
+                f"Its best adapter on the clips: lorasweep-trainer predict --adapter {sweep.best_adapter} --clips {clips}"
+            )
     return code

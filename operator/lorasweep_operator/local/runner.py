@@ -230,6 +230,7 @@ class LocalSweep:
         self.interactive = self.out.isatty()
         self.stopping = 0
         self.configs: dict[str, TrialConfig] = {}
+        self.best_adapter: str | None = None  # the report's, once the sweep finished with one
         self.progress: list[TrialProgress] = []
         self.planned: dict[str, PlannedTrial] = {}
         self.rule = stopping_rule(manifest.spec)
@@ -744,6 +745,11 @@ class LocalSweep:
         uri = publish_report(report, storage.join(self.options.results, REPORT_FOLDER))
         if self.tracking is not None:
             finish_parent_run(report, uri, self.tracking)
+        if report.best_adapter is not None:
+            self.best_adapter = report.best_adapter.uri
+            self.say(
+                f"best: {report.best.label} (trial {report.best_adapter.trial}), adapter {report.best_adapter.uri}"
+            )
         self.say(f"report: {uri}")
         return EXIT_TRIALS_FAILED if self.failures else EXIT_OK
 

@@ -1,7 +1,8 @@
 """The sweep report: a pure builder (trial metrics -> `Report`), renderers (markdown, PNG figures),
 and storage (read metrics.json from a folder or an s3:// prefix, publish the report next to them).
 
-`publish_sweep_report` is the one call the operator and the local runner make when a sweep finishes.
+`publish_sweep_report` is the one call the operator makes when a sweep finishes (the local runner builds and
+publishes apart, to say which adapter is the best).
 """
 
 from __future__ import annotations

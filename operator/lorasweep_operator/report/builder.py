@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from lorasweep_operator.report import formatting as fmt
 from lorasweep_operator.report.model import (
     Accuracy,
+    AdapterRef,
     ClassResult,
     Configuration,
     DataSummary,
@@ -100,6 +101,7 @@ def build_report(
     ]
     ranked = sorted(configurations, key=lambda c: _rank_key(c, goal))
     best = ranked[0]
+    best_adapter = _best_adapter([t for t in trials if t.trial in best.trials], objective, goal)
     baseline = next((c for c in configurations if c.is_baseline), None)
     groups = sorted(_group_tables(ranked, baseline), key=lambda g: (-g.spread, g.name))
     seeds = sorted({t.params.seed for t in trials})
@@ -113,11 +115,12 @@ def build_report(
         objective=objective,
         goal=goal,
         classes=list(first.classes),
-        summary=_summary(trials, ranked, baseline, groups, objective, methodology),
+        summary=_summary(trials, ranked, baseline, groups, objective, methodology) + _adapter_line(best_adapter),
         methodology=methodology,
         ranked=ranked,
         top=ranked[:top_k],
         best=best,
+        best_adapter=best_adapter,
         baseline=baseline,
         groups=groups,
         efficiency=_efficiency(ranked),
@@ -259,7 +262,33 @@ def _configuration(
         confusion_matrix=_summed([t.confusion_matrix for t in members]),
         inference_ms_per_video=mean_std([t.inference_ms_per_video for t in members])[0],
         train_seconds=mean_std([t.train_seconds for t in members])[0],
+        adapter_uris={t.trial: t.adapter_uri for t in members if t.adapter_uri},
     )
+
+
+def _best_adapter(members: Sequence[TrialMetrics], objective: ObjectiveMetric, goal: Goal) -> AdapterRef | None:
+    """The adapter of the best configuration's best seed (the first on a tie), where one was found."""
+    sign = -1.0 if goal == "maximize" else 1.0
+    scored = [
+        (sign * value, i, t)
+        for i, t in enumerate(members)
+        if t.adapter_uri and (value := t.objective(objective)) is not None
+    ]
+    if not scored:
+        return None
+    _, _, chosen = min(scored, key=lambda item: item[:2])
+    assert chosen.adapter_uri is not None
+    return AdapterRef(trial=chosen.trial, uri=chosen.adapter_uri)
+
+
+def _adapter_line(adapter: AdapterRef | None) -> list[str]:
+    if adapter is None:
+        return []
+    return [
+        f"The best configuration's adapter (trial {adapter.trial}): `{adapter.uri}`; "
+        f"`lorasweep-trainer predict --adapter {adapter.uri} --clips <clips>` classifies clips with it and "
+        "`lorasweep-trainer merge` writes it as one model for `from_pretrained`."
+    ]
 
 
 def _summed(matrices: Sequence[list[list[int]]]) -> list[list[int]]:

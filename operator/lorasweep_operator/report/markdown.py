@@ -174,6 +174,7 @@ def _top_three(report: Report) -> str:
             f"- **Best epoch:** {_epochs(c)}",
             f"- **Inference:** {c.inference_ms_per_video:.1f} ms per video",
             f"- **Trials:** {', '.join(c.trials)}",
+            *_adapters(c),
             "",
             f"Per-class performance (test split{', averaged over seeds' if len(c.seeds) > 1 else ''}):",
             "",
@@ -187,6 +188,12 @@ def _top_three(report: Report) -> str:
         ]
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
+
+
+def _adapters(c: Configuration) -> list[str]:
+    if len(c.adapter_uris) == 1:
+        return [f"- **Adapter:** `{next(iter(c.adapter_uris.values()))}`"]
+    return [f"- **Adapter of {trial}:** `{uri}`" for trial, uri in c.adapter_uris.items()]
 
 
 def _delta(value: float | None) -> str:

@@ -61,6 +61,14 @@ class Configuration(Frozen):
     confusion_matrix: list[list[int]] = Field(description="test split, summed over seeds")
     inference_ms_per_video: float
     train_seconds: float = Field(description="mean over seeds")
+    adapter_uris: dict[str, str] = Field(default_factory=dict, description="trial -> its adapter folder, where found")
+
+
+class AdapterRef(Frozen):
+    """The adapter to use: of the best configuration's trial (seed) with the best objective."""
+
+    trial: str
+    uri: str
 
 
 class GroupRow(Frozen):
@@ -185,6 +193,7 @@ class Report(Frozen):
     ranked: list[Configuration] = Field(description="every configuration, best first by the objective")
     top: list[Configuration] = Field(description="the top-10 table")
     best: Configuration
+    best_adapter: AdapterRef | None = Field(default=None, description="None when no adapter of it was found")
     baseline: Configuration | None
     groups: list[GroupTable]
     efficiency: list[EfficiencyRow]

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from lorasweep_operator.report.builder import impossible_values
 from lorasweep_trainer import storage
-from lorasweep_trainer.results import METRICS_FILE, TrialMetrics
+from lorasweep_trainer.results import METRICS_FILE, PEFT_ADAPTER_FILES, TrialMetrics, adapter_uri_beside
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def read_metrics(source: str) -> Loaded:
             f"{source} is not a folder; give the folder or s3:// prefix holding <trial>/metrics.json"
         )
     loaded = Loaded()
-    for item in storage.list_objects(source):
+    listed = storage.list_objects(source)
+    present = {item.uri for item in listed}
+    for item in listed:
         if item.name != METRICS_FILE:
             continue
         loaded.found += 1
@@ -86,7 +88,11 @@ def read_metrics(source: str) -> Loaded:
                 f"{item.uri}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} null; "
                 f"trial {trial.trial} is reported without {'it' if len(missing) == 1 else 'them'}"
             )
-        loaded.trials.append(trial)
+        # The adapter beside this metrics.json, where it is now (a sweep folder may have been copied since the
+        # trainer recorded adapter_uri), and only when its files are there.
+        adapter = adapter_uri_beside(item.uri)
+        found = all(storage.join(adapter, name) in present for name in PEFT_ADAPTER_FILES)
+        loaded.trials.append(trial.model_copy(update={"adapter_uri": adapter if found else None}))
     return loaded
 
 
