@@ -101,6 +101,9 @@ GOOD = [
                                           "weightDecay": [round(0.001 * j, 6) for j in range(100)]})),
     Case("objective-val-loss", lambda spec: spec.update(objective={"metric": "val_loss", "goal": "minimize"})),
     Case("packing", lambda spec: spec.update(packing=4, featureCache="off")),
+    Case("mlflow-credentials-in-pod-env", lambda spec: spec.update(
+        pod={"env": [{"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": {"secretKeyRef": {"name": "m", "key": "token"}}}]},
+        tracking={"mlflow": {"uri": "https://mlflow.example", "experiment": "ntu"}})),
     Case("mlflow-tracking", lambda spec: spec.update(tracking={"mlflow": {"uri": "https://mlflow.example", "experiment": "ntu", "credentialsSecret": "mlflow"}})),
     Case("pod-everything", _pod(
         env=[{"name": "PUSHGATEWAY_URL", "value": "http://pgw:9091"}, {"name": "EMPTY", "value": ""},
@@ -245,6 +248,10 @@ BAD = [
     Case("pod-env-endpoint", _pod(env=_env("AWS_ENDPOINT_URL_S3")),
          text="the operator sets AWS_ENDPOINT_URL_S3 from spec.storage"),
     Case("pod-env-hf-token", _pod(env=_env("HF_TOKEN")), text="the operator sets HF_TOKEN from spec.storage"),
+    Case("pod-env-and-tracking-secret-both-give-mlflow-credentials",
+         lambda spec: spec.update(pod={"env": [{"name": "MLFLOW_TRACKING_TOKEN", "value": "t"}]},
+                                  tracking={"mlflow": {"uri": "http://m:5000", "experiment": "e", "credentialsSecret": "m"}}),
+         text="which the operator sets from spec.tracking.mlflow.credentialsSecret"),
     Case("pod-env-value-and-value-from",
          _pod(env=[{"name": "X", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
          text="spec.pod.env X needs exactly one of value and valueFrom"),

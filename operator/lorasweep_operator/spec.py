@@ -448,6 +448,9 @@ STORAGE_ENV_NAMES = (
     "HF_TOKEN",
     "AWS_ENDPOINT_URL_S3",
 )
+# What the operator sets from spec.tracking.mlflow.credentialsSecret (tracking.CREDENTIAL_KEYS; a unit test holds
+# them); spec.pod.env may set them only when that Secret is not named (`LoraSweepSpec._one_tracking_credential`).
+TRACKING_ENV_NAMES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 SHM_PATH = "/dev/shm"
 MOUNT_ROOTS = ("/tmp", "/mnt", "/data", "/models", "/cache", "/scratch", "/workspace")
 OPERATOR_VOLUME_PREFIX = "lorasweep-"
@@ -760,6 +763,18 @@ class LoraSweepSpec(Contract):
             raise ValueError(
                 "earlyStopping ends a stopped trial's Job, which with packing above 1 would end the other trials "
                 "of its pack too; set packing: 1 (or drop earlyStopping)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_tracking_credential(self) -> LoraSweepSpec:
+        # The CRD's CEL rule on spec says the same: spec.pod's env comes after the operator's and would win.
+        secret = self.tracking.mlflow.credentials_secret if self.tracking is not None else None
+        named = [item.name for item in self.pod.env if item.name in TRACKING_ENV_NAMES] if self.pod else []
+        if secret and named:
+            raise ValueError(
+                f"spec.pod.env sets {', '.join(named)}, which the operator sets from "
+                f"spec.tracking.mlflow.credentialsSecret ({secret}); give the credentials in one place"
             )
         return self
 

@@ -81,6 +81,7 @@ def test_a_sweep_leaves_one_parent_run_and_a_child_run_per_trial(
     assert parent.info.status == "FINISHED", parent.info
     assert parent.data.tags["lorasweep.best_trial"] == status["best"]["trial"]
     assert parent.data.tags["lorasweep.report"] == status["reportUri"]
+    assert parent.data.tags["lorasweep.best_adapter"] == status["best"]["adapterUri"]
     assert parent.data.metrics["best_val_accuracy"] == status["best"]["objective"]
 
     rows = {row["id"]: row for row in status["trials"]}

@@ -249,6 +249,10 @@ def test_trial_jobs_carry_the_tracking_contract_and_only_the_secrets_mlflow_keys
     for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "mlflow", "key": key, "optional": True}
     assert not [name for name in env if name.startswith("MLFLOW_") and name not in trackings.CREDENTIAL_KEYS]
+    # spec.pod.env may not set them (spec.reserved_env_problem names the same keys).
+    from lorasweep_operator.spec import TRACKING_ENV_NAMES
+
+    assert TRACKING_ENV_NAMES == trackings.CREDENTIAL_KEYS
     # Packed trials: every member's contract has it.
     packed = parse_spec({**SPEC, "packing": 2})
     members = planning.plan(packed, "phase1")

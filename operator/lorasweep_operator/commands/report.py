@@ -157,6 +157,8 @@ def finish_parent_run(report: Report, report_uri: str, tracking: MlflowTracking 
         "lorasweep.objective": f"{report.objective} ({report.goal})",
         "lorasweep.report": report_uri,
     }
+    if report.best_adapter is not None:
+        summary["lorasweep.best_adapter"] = report.best_adapter.uri
     metrics: dict[str, float] = {"trials": float(report.methodology.trials), "best_test_accuracy": best.test.mean}
     if best.objective is not None:
         metrics[f"best_{report.objective}"] = best.objective
