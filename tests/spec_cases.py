@@ -101,6 +101,10 @@ GOOD = [
                                           "weightDecay": [round(0.001 * j, 6) for j in range(100)]})),
     Case("objective-val-loss", lambda spec: spec.update(objective={"metric": "val_loss", "goal": "minimize"})),
     Case("packing", lambda spec: spec.update(packing=4, featureCache="off")),
+    Case("mlflow-credentials-in-pod-env", lambda spec: spec.update(
+        pod={"env": [{"name": "MLFLOW_TRACKING_TOKEN", "valueFrom": {"secretKeyRef": {"name": "m", "key": "token"}}}]},
+        tracking={"mlflow": {"uri": "https://mlflow.example", "experiment": "ntu"}})),
+    Case("mlflow-tracking", lambda spec: spec.update(tracking={"mlflow": {"uri": "https://mlflow.example", "experiment": "ntu", "credentialsSecret": "mlflow"}})),
     Case("pod-everything", _pod(
         env=[{"name": "PUSHGATEWAY_URL", "value": "http://pgw:9091"}, {"name": "EMPTY", "value": ""},
              {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "hub.token", "optional": True}}},
@@ -252,6 +256,10 @@ BAD = [
         lambda spec: spec.update(maxTrials=3, search={"grid": {"learningRate": [1e-4, 2e-4]}, "seeds": [1, 2]}),
         text="search.grid expands to more trials than maxTrials",
     ),
+    Case("mlflow-uri-not-http", lambda spec: spec.update(tracking={"mlflow": {"uri": "sqlite:///mlflow.db", "experiment": "ntu"}}),
+         text="tracking.mlflow.uri must be an http:// or https:// URL"),
+    Case("mlflow-without-experiment", lambda spec: spec.update(tracking={"mlflow": {"uri": "http://mlflow:5000"}}),
+         api_text="spec.tracking.mlflow.experiment: Required value", model_text="spec.tracking.mlflow.experiment: Field required"),
     # spec.pod: what stays the operator's whatever the admin's policy says
     Case("pod-env-lorasweep", _pod(env=_env("LORASWEEP_TRIAL")),
          text="spec.pod.env LORASWEEP_TRIAL: LORASWEEP_ variables are the trial's configuration"),
@@ -264,6 +272,10 @@ BAD = [
     Case("pod-env-endpoint", _pod(env=_env("AWS_ENDPOINT_URL_S3")),
          text="the operator sets AWS_ENDPOINT_URL_S3 from spec.storage"),
     Case("pod-env-hf-token", _pod(env=_env("HF_TOKEN")), text="the operator sets HF_TOKEN from spec.storage"),
+    Case("pod-env-and-tracking-secret-both-give-mlflow-credentials",
+         lambda spec: spec.update(pod={"env": [{"name": "MLFLOW_TRACKING_TOKEN", "value": "t"}]},
+                                  tracking={"mlflow": {"uri": "http://m:5000", "experiment": "e", "credentialsSecret": "m"}}),
+         text="which the operator sets from spec.tracking.mlflow.credentialsSecret"),
     Case("pod-env-value-and-value-from",
          _pod(env=[{"name": "X", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
          text="spec.pod.env X needs exactly one of value and valueFrom"),

@@ -29,6 +29,7 @@ from lorasweep_operator import early_stopping, planning, rendering, telemetry
 from lorasweep_operator import policy as policies
 from lorasweep_operator import preparation as preparations
 from lorasweep_operator import status as statuses
+from lorasweep_operator import tracking as trackings
 from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
 from lorasweep_operator.report import REPORT_FILE
 from lorasweep_operator.spec import (
@@ -324,11 +325,12 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     launched = []
     ready = preparation is None or preparation.phase == "Succeeded"
     weights = preparation.weights if preparation is not None else None  # pinned: the same for every trial
+    parent_run_id = preparation.mlflow_parent_run_id if preparation is not None else None
     for trial in statuses.launches(spec, plan, jobs, current.previous) if ready else []:
         packed = spec.packing > 1
         if any(job.name == trial.job_name for job in jobs):  # a pack's earlier member created it in this pass
             jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=packed))
-        elif kube.create_job(_render_trial_job(spec, current, plan, trial, weights)):
+        elif kube.create_job(_render_trial_job(spec, current, plan, trial, weights, parent_run_id)):
             telemetry.JOBS_CREATED.labels(namespace=namespace, sweep=name).inc()
             launched.append(trial)
             jobs.append(statuses.ObservedJob(trial.job_name, trial.id, "Pending", packed=packed))
@@ -389,14 +391,18 @@ def _render_trial_job(
     plan: list[planning.PlannedTrial],
     trial: planning.PlannedTrial,
     weights: ModelWeights | None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """The Job of ``trial``: its own, or with spec.packing > 1 its pack's (every plan member of that Job)."""
+    """The Job of ``trial``: its own, or with spec.packing > 1 its pack's (every plan member of that Job);
+    ``parent_run_id``: the sweep's MLflow parent run, from its preparation (spec.tracking)."""
     if spec.packing == 1:
         return rendering.render_job(
-            spec, current.namespace, current.name, current.uid, trial, SETTINGS.progress_url, weights
+            spec, current.namespace, current.name, current.uid, trial, SETTINGS.progress_url, weights, parent_run_id
         )
     members = [member for member in plan if member.job_name == trial.job_name]
-    return rendering.render_pack_job(spec, current.namespace, current.name, current.uid, members, weights)
+    return rendering.render_pack_job(
+        spec, current.namespace, current.name, current.uid, members, weights, parent_run_id
+    )
 
 
 def _prepare(
@@ -408,7 +414,8 @@ def _prepare(
     pods: _Pods,
 ) -> PreparationStatus:
     """The preparation's state; its Job is created when the cache is not ready and no Job works on it."""
-    preparation = preparations.plan_preparation(spec, current.namespace, current.name, plan)
+    tracking = trackings.for_sweep(spec, current.namespace, current.name, current.uid)
+    preparation = preparations.plan_preparation(spec, current.namespace, current.name, plan, tracking=tracking)
     job = jobs.get(preparation.job_name)
     summary = None
     if job is not None and job.terminal:
@@ -583,7 +590,8 @@ def _report(
     step = statuses.report_step(status, job, summary, f"{destination}{REPORT_FILE}", now())
     if step.launch:
         trials, failed = statuses.report_inputs(status)
-        body = rendering.render_report_job(spec, current.namespace, current.name, current.uid, trials, failed)
+        parent = status.preparation.mlflow_parent_run_id if status.preparation is not None else None
+        body = rendering.render_report_job(spec, current.namespace, current.name, current.uid, trials, failed, parent)
         try:
             created = kube.create_job(body)
         except ApiError as error:

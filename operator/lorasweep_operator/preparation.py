@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from lorasweep_operator.planning import PlannedTrial, job_name, short_hash
 from lorasweep_operator.spec import DEFAULT_COMMAND, Condition, LoraSweepSpec, LoraSweepStatus, PreparationStatus
-from lorasweep_trainer.config import CacheConfig, PrepareConfig, cache_root, feature_cache_blocker
+from lorasweep_trainer.config import CacheConfig, MlflowTracking, PrepareConfig, cache_root, feature_cache_blocker
 from lorasweep_trainer.results import PrepareSummary
 
 CACHE_READY = "CacheReady"
@@ -93,7 +93,9 @@ def plan_preparation(
     sweep: str,
     trials: Sequence[PlannedTrial],
     cache_uri: str | None = None,
+    tracking: MlflowTracking | None = None,
 ) -> Preparation:
+    """``tracking``: where the preparation finds or creates the sweep's MLflow parent run (spec.tracking)."""
     uri = cache_uri or cache_root(spec.storage.output, namespace)
     caches = {trial.id: _cache(uri, spec, trial) for trial in trials}
     # Every LoRA config the spec can make (search.optimize proposes its trials later: their targets are known now).
@@ -112,9 +114,12 @@ def plan_preparation(
         frames=spec.feature_cache == "off" or any(blocked),
         require_features=spec.feature_cache == "on",
         shards=wanted(spec),
+        tracking=tracking,
     )
-    # The name changes with what is prepared (an edit of spec.training.epochs prepares the new epochs).
-    digest = short_hash(json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True))
+    # The name changes with what is prepared (an edit of spec.training.epochs prepares the new epochs); where the
+    # runs are logged changes nothing that is prepared.
+    prepared = config.model_dump(mode="json", by_alias=True, exclude={"tracking"})
+    digest = short_hash(json.dumps(prepared, sort_keys=True))
     return Preparation(config=config, job_name=job_name(sweep, f"{COMPONENT}-{digest}"), trial_caches=caches)
 
 
@@ -156,6 +161,7 @@ def observe(
                 "stats": summary.stats if summary else {},
                 "seconds": summary.seconds if summary else None,
                 "weights": summary.weights if summary else None,
+                "mlflow_parent_run_id": summary.mlflow_parent_run_id if summary else None,
             }
         )
     reason = summary.reason if summary is not None and summary.reason else (job_reason or "Failed")

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorasweep_operator import preparation as preparations
+from lorasweep_operator import tracking as trackings
 from lorasweep_operator.commands.report import PERMANENT_EXIT_CODES as REPORT_PERMANENT_EXIT_CODES
 from lorasweep_operator.planning import PACK_PREFIX, PlannedTrial, job_name, label_value, short_hash, trial_config
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepSpec
@@ -29,9 +30,11 @@ from lorasweep_trainer.config import (
     PREPARE_ENV,
     REPORT_FOLDER,
     TERMINATION_LOG_ENV,
+    TRACKING_ENV,
     TRIAL_ENV,
     TRIALS_FOLDER,
     ModelWeights,
+    TrialConfig,
     sweep_output,
 )
 from lorasweep_trainer.progress import AUDIENCE, PROGRESS_TOKEN_ENV, PROGRESS_URL_ENV
@@ -287,13 +290,18 @@ def render_job(
     trial: PlannedTrial,
     progress_url: str | None = None,
     weights: ModelWeights | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`, reading the preparation's cache;
     `progress_url`: the operator's progress endpoint, given to the trainer when the sweep stops trials early;
-    `weights`: the model the preparation fetched, pinned at its resolved revision (status.preparation.weights)."""
-    cache = preparations.trial_cache(spec, namespace, trial)
-    config = trial_config(spec, namespace, sweep, trial, cache=cache, weights=weights)
-    env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    `weights`: the model the preparation fetched, pinned at its resolved revision (status.preparation.weights);
+    `parent_run_id`: the sweep's MLflow parent run, as the preparation found or created it (spec.tracking)."""
+    config = _trial_config(spec, namespace, sweep, sweep_uid, trial, weights, parent_run_id)
+    env = [
+        {"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)},
+        *_storage_env(spec),
+        *trackings.credential_env(spec),
+    ]
     if weights is not None and not _pod_sets(spec, HUB_OFFLINE["name"]):
         env.append(dict(HUB_OFFLINE))  # the trial loads the files the preparation verified: it never needs the hub
     container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
@@ -321,6 +329,23 @@ def render_job(
     }
 
 
+def _trial_config(
+    spec: LoraSweepSpec,
+    namespace: str,
+    sweep: str,
+    sweep_uid: str,
+    trial: PlannedTrial,
+    weights: ModelWeights | None,
+    parent_run_id: str | None,
+) -> TrialConfig:
+    """The trial's `LORASWEEP_TRIAL` document with what the preparation gave it: its cache, the pinned weights and
+    the MLflow parent run."""
+    cache = preparations.trial_cache(spec, namespace, trial)
+    config = trial_config(spec, namespace, sweep, trial, cache=cache, weights=weights)
+    tracking = trackings.for_sweep(spec, namespace, sweep, sweep_uid, parent_run_id)
+    return config if tracking is None else config.model_copy(update={"tracking": tracking})
+
+
 def render_pack_job(
     spec: LoraSweepSpec,
     namespace: str,
@@ -328,16 +353,12 @@ def render_pack_job(
     sweep_uid: str,
     members: Sequence[PlannedTrial],
     weights: ModelWeights | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The Job of packed trials (spec.packing > 1): a trial's Job whose pod runs every member, one after another
     (`LORASWEEP_PACK`); its trial label names the pack, its `TRIALS_ANNOTATION` the members in order."""
-    job = render_job(spec, namespace, sweep, sweep_uid, members[0], weights=weights)
-    configs = [
-        trial_config(
-            spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial), weights=weights
-        )
-        for trial in members
-    ]
+    job = render_job(spec, namespace, sweep, sweep_uid, members[0], weights=weights, parent_run_id=parent_run_id)
+    configs = [_trial_config(spec, namespace, sweep, sweep_uid, trial, weights, parent_run_id) for trial in members]
     document = "[" + ",".join(config.model_dump_json(by_alias=True) for config in configs) + "]"
     container = job["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [
@@ -387,11 +408,20 @@ def render_report_job(
     sweep_uid: str,
     trials: Sequence[str],
     failed: Mapping[str, str],
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job that writes the report of finished sweep `namespace/sweep`: ``trials`` are the ids
-    to report on, ``failed`` the trials without metrics (id -> why)."""
+    to report on, ``failed`` the trials without metrics (id -> why); with spec.tracking it also finishes the
+    sweep's MLflow parent run (``parent_run_id`` when the preparation found it, else found by its key)."""
     command = report_command(spec, namespace, sweep, trials, failed)
-    container = _container(spec, REPORT_CONTAINER, command, _storage_env(spec), copy.deepcopy(REPORT_RESOURCES))
+    env = _storage_env(spec)
+    tracking = trackings.for_sweep(spec, namespace, sweep, sweep_uid, parent_run_id)
+    if tracking is not None:
+        env += [
+            {"name": TRACKING_ENV, "value": tracking.model_dump_json(by_alias=True)},
+            *trackings.credential_env(spec),
+        ]
+    container = _container(spec, REPORT_CONTAINER, command, env, copy.deepcopy(REPORT_RESOURCES))
     labels = report_labels(sweep)
     job_spec: dict[str, Any] = {
         "backoffLimit": REPORT_BACKOFF_LIMIT,
@@ -423,7 +453,11 @@ def render_prepare_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job of the sweep's preparation step: placed, sized and retried like a trial (it runs the
     encoder on the trials' GPU type), with the trials' storage access."""
-    env = [{"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    env = [
+        {"name": PREPARE_ENV, "value": preparation.config.model_dump_json(by_alias=True)},
+        *_storage_env(spec),
+        *trackings.credential_env(spec),
+    ]
     if preparation.config.model.source_kind != "hub" and not _pod_sets(spec, HUB_OFFLINE["name"]):
         env.append(dict(HUB_OFFLINE))  # weights from object storage or a volume: nothing of the hub is needed
     container = _container(spec, preparations.CONTAINER, list(preparations.COMMAND), env, _resources(spec))

@@ -25,6 +25,7 @@ from lorasweep_trainer.config import (
     FeatureCacheMode,
     Goal,
     LoraConfig,
+    MlflowConfig,
     ModelConfig,
     ModelWeights,
     ObjectiveMetric,
@@ -62,6 +63,7 @@ __all__ = [
     "LoraConfig",
     "LoraSweepSpec",
     "LoraSweepStatus",
+    "MlflowSpec",
     "ModelConfig",
     "Objective",
     "PodOverrides",
@@ -74,6 +76,7 @@ __all__ = [
     "SpecError",
     "SplitConfig",
     "Storage",
+    "Tracking",
     "SweepManifest",
     "TrainingConfig",
     "TrainingOverride",
@@ -372,6 +375,34 @@ class Storage(Contract):
     )
 
 
+class MlflowSpec(MlflowConfig):
+    """spec.tracking.mlflow: one parent run per sweep, one child run per trial, in `experiment` on `uri`."""
+
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Secret with MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD: "
+        "only these keys reach the pods, each by secretKeyRef",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        # The CRD's CEL rule says the same: a pod can reach only a server, not a file or database of its own.
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "tracking.mlflow.uri must be an http:// or https:// URL of an MLflow tracking server "
+                "(a file or database URI would stay inside each pod)"
+            )
+        return value
+
+
+class Tracking(Contract):
+    """Experiment tracking of the sweep's trials; without it nothing is logged anywhere but object storage."""
+
+    mlflow: MlflowSpec
+
+
 Quantity = int | str
 
 
@@ -418,6 +449,9 @@ STORAGE_ENV_NAMES = (
     "HF_TOKEN",
     "AWS_ENDPOINT_URL_S3",
 )
+# What the operator sets from spec.tracking.mlflow.credentialsSecret (tracking.CREDENTIAL_KEYS; a unit test holds
+# them); spec.pod.env may set them only when that Secret is not named (`LoraSweepSpec._one_tracking_credential`).
+TRACKING_ENV_NAMES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 SHM_PATH = "/dev/shm"
 MOUNT_ROOTS = ("/tmp", "/mnt", "/data", "/models", "/cache", "/scratch", "/workspace")
 OPERATOR_VOLUME_PREFIX = "lorasweep-"
@@ -696,6 +730,7 @@ class LoraSweepSpec(Contract):
     objective: Objective = Objective()
     early_stopping: EarlyStopping | None = None
     storage: Storage
+    tracking: Tracking | None = None
     parallelism: Annotated[int, Field(ge=1, le=1000)] = 1
     max_failed_trials: Annotated[int, Field(ge=0)] = 3
     max_trials: Annotated[int, Field(ge=1, le=DEFAULT_MAX_TRIALS)] = DEFAULT_MAX_TRIALS
@@ -729,6 +764,18 @@ class LoraSweepSpec(Contract):
             raise ValueError(
                 "earlyStopping ends a stopped trial's Job, which with packing above 1 would end the other trials "
                 "of its pack too; set packing: 1 (or drop earlyStopping)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_tracking_credential(self) -> LoraSweepSpec:
+        # The CRD's CEL rule on spec says the same: spec.pod's env comes after the operator's and would win.
+        secret = self.tracking.mlflow.credentials_secret if self.tracking is not None else None
+        named = [item.name for item in self.pod.env if item.name in TRACKING_ENV_NAMES] if self.pod else []
+        if secret and named:
+            raise ValueError(
+                f"spec.pod.env sets {', '.join(named)}, which the operator sets from "
+                f"spec.tracking.mlflow.credentialsSecret ({secret}); give the credentials in one place"
             )
         return self
 
@@ -904,6 +951,9 @@ class PreparationStatus(StatusModel):
     seconds: float | None = None
     weights: ModelWeights | None = Field(
         default=None, description="the model fetched for the trials and its resolved revision, pinned in each trial"
+    )
+    mlflow_parent_run_id: str | None = Field(
+        default=None, description="the sweep's MLflow parent run, found or created by the preparation"
     )
 
 

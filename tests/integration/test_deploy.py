@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fixtures_cluster import wait_for
 from lorasweep_operator import planning
 from lorasweep_operator.devcluster import binaries
 from lorasweep_operator.spec import load_sweep_file
@@ -132,7 +133,14 @@ def test_tiny_cpu_sample_needs_no_gpu() -> None:
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
 def test_samples_are_accepted_by_the_api_server(cluster: Any, namespace: str, sample: Path) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(DEPLOY / "crd"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/lorasweeps.lorasweep.dev", "--timeout=60s")
+
+    # Polled, not `kubectl wait`: that fails outright when it reads the new CRD before its status has conditions.
+    def established() -> bool:
+        crd = yaml.safe_load(cluster.kubectl("get", "crd/lorasweeps.lorasweep.dev", "-o", "yaml").stdout)
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_for("the CRD to be established", established, timeout=60)
     result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(sample), check=False)
     assert result.returncode == 0, result.stderr
     assert "created (server dry run)" in result.stdout

@@ -183,6 +183,38 @@ def test_admission_holds_each_author_to_their_own_rights(
         cluster.kubectl("delete", "namespace", wide, "--wait=false", check=False)
 
 
+def test_admission_holds_the_tracking_secret_to_the_authors_rights_too(
+    cluster: Any, crd: None, helm: Path, namespace: str, tmp_path: Path
+) -> None:
+    """spec.tracking.mlflow.credentialsSecret is checked as storage.credentialsSecret is, on its own: carol may get
+    Secret ``s3`` only, so she may name it for either, but not ``other`` for tracking."""
+    make_users(cluster, namespace)
+    with admission_policy(cluster, render_chart(helm, namespace, STRICT, tmp_path)):
+        wait_enforced(cluster, namespace)
+
+        def tracked(secret: str) -> dict[str, Any]:
+            mlflow = {"uri": "https://mlflow.example", "experiment": "ntu", "credentialsSecret": secret}
+            return sweep("tracked", namespace, case_spec({"tracking": {"mlflow": mlflow}}))
+
+        ok, message = admitted(cluster, READER, tracked(OTHER_SECRET))
+        assert not ok
+        expected = f"spec.tracking.mlflow.credentialsSecret: {READER} may not get Secret {OTHER_SECRET} in namespace"
+        assert expected in message, message
+        assert f"resourceNames: [{OTHER_SECRET}], verbs: [get]" in message, message
+        assert "spec.storage.credentialsSecret" not in message  # her storage Secret is one she may read
+        assert admitted(cluster, READER, tracked(SECRET)) == (True, "")
+        assert admitted(cluster, ADMIN, tracked(OTHER_SECRET)) == (True, "")
+        # alice may get neither Secret: without a storage Secret the tracking one alone refuses her.
+        alone = tracked(SECRET)
+        alone["spec"]["storage"] = {"output": "s3://bucket/sweeps/"}
+        ok, message = admitted(cluster, EDITOR, alone)
+        assert not ok and f"spec.tracking.mlflow.credentialsSecret: {EDITOR} may not get Secret {SECRET}" in message
+        no_secret = sweep(
+            "open", namespace, case_spec({"tracking": {"mlflow": {"uri": "http://m:5000", "experiment": "e"}}})
+        )
+        assert admitted(cluster, READER, no_secret) == (True, "")
+
+
 def test_without_the_admission_policy_the_operator_refuses_such_jobs(
     cluster: Any, crd: None, helm: Path, namespace: str, serviceaccount_kubeconfig: Any, tmp_path: Path
 ) -> None:

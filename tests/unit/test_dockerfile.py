@@ -190,6 +190,7 @@ def test_operator_target_installs_no_torch() -> None:
     packages = resolve("operator")
     heavy = sorted(name for name in packages if re.match(r"(torch|torchvision|triton|nvidia-|transformers|peft)", name))
     assert not heavy, f"the operator image would install {heavy}"
+    assert not {"mlflow", "mlflow-skinny"} & set(packages), "the operator makes no MLflow call"
     assert {"kopf", "kubernetes", "prometheus-client", "pydantic"} <= set(packages)
     lock = locked()
     assert {name: lock.get(name) for name in packages} == packages, "every package at the lock's version"
@@ -200,6 +201,8 @@ def test_trainer_target_installs_the_pinned_torch() -> None:
     lock = locked()
     assert packages["torch"] == lock["torch"]
     assert {"transformers", "peft", "decord", "boto3", "prometheus-client"} <= set(packages)
+    # spec.tracking needs the MLflow client only; the server (the full `mlflow`, for the tests) stays out.
+    assert "mlflow-skinny" in packages and "mlflow" not in packages
     assert {name: lock.get(name) for name in packages} == packages
 
 

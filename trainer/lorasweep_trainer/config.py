@@ -290,6 +290,25 @@ class CacheConfig(Contract):
     reason: str = Field(default="", description="why features are (not) used, for the log and metrics.json")
 
 
+class MlflowConfig(Contract):
+    """An MLflow tracking server and the experiment a sweep's runs go to (spec.tracking.mlflow)."""
+
+    uri: str = Field(min_length=1, max_length=1024, description="the tracking server's URL")
+    experiment: str = Field(min_length=1, max_length=500, description="the experiment's name; created when missing")
+
+
+class MlflowTracking(MlflowConfig):
+    """What a trial or the preparation needs to log to MLflow: the sweep's server and experiment, the key that
+    finds the sweep's one parent run, and that run's id when the preparation already found or created it.
+    Credentials never travel here: the pod reads them from the Secret (MLFLOW_TRACKING_TOKEN, or
+    MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)."""
+
+    sweep_key: str = Field(
+        min_length=1, max_length=64, description="tag value of the sweep's parent run: one sweep object, one run"
+    )
+    parent_run_id: str | None = Field(default=None, max_length=64, description="the parent run, when known")
+
+
 class TrialConfig(Contract):
     """Everything one trial needs; what the operator writes and the trainer reads."""
 
@@ -311,6 +330,7 @@ class TrialConfig(Contract):
     weights: ModelWeights | None = Field(
         default=None, description="the model as the preparation fetched it; None: load model.source directly"
     )
+    tracking: MlflowTracking | None = Field(default=None, description="log the trial as an MLflow run")
 
     @property
     def model_identity(self) -> ModelIdentity:
@@ -336,9 +356,12 @@ class PrepareConfig(Contract):
     shards: bool = Field(
         default=True, description="decode (and encode) the clips; False: fetch the model only (a command of one's own)"
     )
+    tracking: MlflowTracking | None = Field(default=None, description="find or create the sweep's MLflow parent run")
 
 
 PREPARE_ENV = "LORASWEEP_PREPARE"
+# The report Job's MLflow contract (spec.tracking), a JSON `MlflowTracking`: it finishes the sweep's parent run.
+TRACKING_ENV = "LORASWEEP_TRACKING"
 # Packed trials (spec.packing > 1): a JSON list of TrialConfig documents, run one after another in one pod.
 PACK_ENV = "LORASWEEP_PACK"
 MAX_PACKING = 8  # their termination summaries must fit in one termination message together

@@ -19,18 +19,23 @@ import time
 
 import torch
 
-from lorasweep_trainer import cache, weights
+from lorasweep_trainer import cache, tracking, weights
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import ConfigError, PrepareConfig
 from lorasweep_trainer.decode import DecodePool
 from lorasweep_trainer.results import PrepareSummary
-from lorasweep_trainer.train import pick_device, plan_split, precision
+from lorasweep_trainer.train import git_commit, pick_device, plan_split, precision
 
 log = logging.getLogger(__name__)
 
 
 def prepare(cfg: PrepareConfig) -> PrepareSummary:
     started = time.perf_counter()
+    # spec.tracking: the sweep's one MLflow parent run, before any trial starts (tried again at the end on failure).
+    parent = None
+    if cfg.tracking is not None:
+        parent = tracking.ParentLookup(cfg.tracking, cfg.namespace, cfg.sweep, cfg.model, git_commit())
+        parent.start()
     fetched, located = weights.prepare(cfg.model, cfg.cache.uri) if cfg.model.fetched else (None, None)
     model_stats = located.stats.as_dict() if located is not None else {}
     if not cfg.shards:
@@ -40,6 +45,8 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
             stats=model_stats,
             seconds=round(time.perf_counter() - started, 3),
             weights=fetched,
+            mlflow_parent_run_id=parent.finish() if parent is not None else None,
+            mlflow_failures=parent.outbox.failures if parent is not None else 0,
         )
     device = pick_device(cfg.device)
     classes = cfg.dataset.class_names
@@ -119,4 +126,6 @@ def prepare(cfg: PrepareConfig) -> PrepareSummary:
         corrupt_clips=len(corrupt),
         seconds=round(seconds, 3),
         weights=fetched,
+        mlflow_parent_run_id=parent.finish() if parent is not None else None,
+        mlflow_failures=parent.outbox.failures if parent is not None else 0,
     )

@@ -90,6 +90,18 @@ class ModelLoad(Record):
     load_seconds: float = Field(default=0.0, description="from_pretrained")
 
 
+class TrackingUse(Record):
+    """Where the trial's MLflow run is (spec.tracking.mlflow) and how many calls failed or were dropped."""
+
+    backend: Literal["mlflow"] = "mlflow"
+    uri: str
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    run_id: str | None = None
+    failures: int = 0
+    dropped: int = 0
+
+
 class TrialMetrics(Record):
     schema_: Literal["lorasweep.metrics/v1"] = Field(METRICS_SCHEMA, alias="schema")
     sweep: str
@@ -131,6 +143,7 @@ class TrialMetrics(Record):
     # Added to lorasweep.metrics/v1 (older files lack them; readers take None): the model pinned for the sweep.
     model_revision: str | None = Field(default=None, description="the resolved revision every trial of the sweep used")
     model_load: ModelLoad | None = None
+    tracking: TrackingUse | None = None
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -230,6 +243,8 @@ class PrepareSummary(BaseModel):
     corrupt_clips: int = 0
     seconds: float = 0.0
     weights: ModelWeights | None = Field(default=None, description="the model fetched for the trials, its revision")
+    mlflow_parent_run_id: str | None = Field(default=None, description="the sweep's parent run (spec.tracking)")
+    mlflow_failures: int = 0
 
     def encode(self) -> str:
         text = self.model_dump_json()

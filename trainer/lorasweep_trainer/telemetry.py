@@ -12,6 +12,10 @@ Counters
 - ``lorasweep_trainer_decode_failures_total{split}``: clips that could not be decoded (counted once, then skipped).
 - ``lorasweep_trainer_data_wait_seconds_total``: seconds the training loop waited for the next clip.
 - ``lorasweep_trainer_optimizer_steps_total``: optimizer steps taken.
+- ``lorasweep_trainer_mlflow_failures_total{operation}``: MLflow calls that failed (spec.tracking.mlflow; each
+  attempt counts; the trial goes on).
+- ``lorasweep_trainer_mlflow_dropped_total{operation}``: MLflow calls given up after their retry at the end of the
+  trial: what the run in MLflow lacks.
 
 Gauges
 - ``lorasweep_trainer_train_loss``: mean training loss of the last finished epoch.
@@ -62,6 +66,8 @@ class Telemetry:
         self.decode_seconds = counter("decode_seconds", "Seconds spent decoding clips").labels(*values)
         self.data_wait_seconds = counter("data_wait_seconds", "Seconds the loop waited for data").labels(*values)
         self.optimizer_steps = counter("optimizer_steps", "Optimizer steps taken").labels(*values)
+        self._mlflow_failures = counter("mlflow_failures", "MLflow calls that failed", ("operation",))
+        self._mlflow_dropped = counter("mlflow_dropped", "MLflow calls given up after their retry", ("operation",))
         self.train_loss = gauge("train_loss", "Mean training loss of the last epoch").labels(*values)
         self.train_accuracy = gauge("train_accuracy", "Training accuracy of the last epoch").labels(*values)
         self.val_accuracy = gauge("val_accuracy", "Validation accuracy of the last epoch").labels(*values)
@@ -82,6 +88,12 @@ class Telemetry:
 
     def decode_failures(self, split: str) -> Counter:
         return self._decode_failures.labels(*self._values, split)
+
+    def mlflow_failure(self, operation: str) -> None:
+        self._mlflow_failures.labels(*self._values, operation).inc()
+
+    def mlflow_dropped(self, operation: str) -> None:
+        self._mlflow_dropped.labels(*self._values, operation).inc()
 
     def serve(self, port: int) -> None:
         if port == 0:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from lorasweep_trainer import cache, data, evaluate, storage, weights
+from lorasweep_trainer import cache, data, evaluate, storage, tracking, weights
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import WORK_DIR_ENV, ConfigError, DatasetConfig, TrialConfig
 from lorasweep_trainer.decode import DecodePool
@@ -305,14 +305,18 @@ def load_base_model(cfg: TrialConfig, classes: list[str]) -> tuple[Any, ModelLoa
     )
 
 
-def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
-    """Train, evaluate and write every artifact under ``work`` (then `publish` copies them to the output)."""
+def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None) -> TrialMetrics:
+    """Train, evaluate and write every artifact under ``work`` (then `publish` copies them to the output);
+    ``run``: the trial's MLflow run (spec.tracking), made here when not given."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     classes = cfg.dataset.class_names
     telemetry = Telemetry(cfg.namespace, cfg.sweep, cfg.trial)
     telemetry.serve(cfg.metrics_port)
+    run = run if run is not None else tracking.TrialRun(cfg, git_commit() if cfg.tracking else "")
+    run.count_with(telemetry.mlflow_failure, telemetry.mlflow_dropped)
+    run.start()
     events = EventLog(work / EVENT_LOG)
     training = cfg.training
 
@@ -410,6 +414,7 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
             telemetry.train_loss.set(record.train_loss)
             telemetry.train_accuracy.set(record.train_accuracy)
             telemetry.val_accuracy.set(record.val_accuracy)
+            run.log_epoch(record)  # before report_epoch: a trial stopped at this rung keeps this epoch too
             events.write("epoch", **record.model_dump(), seconds=round(time.perf_counter() - epoch_started, 3))
             report_epoch(cfg, record)
             log.info(
@@ -523,6 +528,8 @@ def run_trial(cfg: TrialConfig, work: Path) -> TrialMetrics:
         feature_cache=inputs.feature_cache,
         cache=inputs.stats.as_dict() if cfg.cache is not None else None,
     )
+    run.finish(metrics)  # the kept MLflow calls retried once; what failed is counted in metrics.json
+    metrics = metrics.model_copy(update={"tracking": run.summary()})
     events.close()
     telemetry.push()
     return metrics
@@ -576,10 +583,12 @@ def publish(work: Path, output: str, metrics: TrialMetrics) -> str:
 def train(cfg: TrialConfig) -> tuple[TrialMetrics, str]:
     """Run the trial in a scratch folder and publish its artifacts; returns the metrics and metrics.json's URI."""
     work = Path(tempfile.mkdtemp(prefix=f"lorasweep-{cfg.trial}-", dir=os.environ.get(WORK_DIR_ENV)))
+    run = tracking.TrialRun(cfg, git_commit() if cfg.tracking else "")
     try:
-        metrics = run_trial(cfg, work)
+        metrics = run_trial(cfg, work, run)
         return metrics, publish(work, cfg.output, metrics)
-    except Exception:
+    except Exception as error:
+        run.fail(error)  # FAILED, or KILLED when stopped early; never raises
         keep_event_log(work / EVENT_LOG, cfg.output)
         raise
     finally:

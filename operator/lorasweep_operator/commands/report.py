@@ -16,7 +16,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
+
+if TYPE_CHECKING:
+    from lorasweep_operator.report.model import Report
+    from lorasweep_trainer.config import MlflowTracking
 
 EXIT_WRITTEN = 0
 EXIT_NOTHING = 1
@@ -115,12 +119,52 @@ def run(args: argparse.Namespace) -> int:
             raise
         why = f"object storage failed: {type(error).__name__}: {error}"
         return finish(EXIT_STORAGE, ReportSummary(status="Failed", reason="StorageError", message=why))
+    finish_parent_run(report, uri)
     print(f"report of {report.methodology.trials} trials: {uri}")
     print(f"best by {report.objective}: {report.best.label} (trials {', '.join(report.best.trials)})")
     return finish(
         EXIT_WRITTEN,
         ReportSummary(status="Written", report_uri=uri, trials=report.methodology.trials, best=report.best.label),
     )
+
+
+def finish_parent_run(report: Report, report_uri: str, tracking: MlflowTracking | None = None) -> None:
+    """spec.tracking: the sweep's MLflow parent run gets the best configuration, its objective and the report's
+    URI, and ends (the contract from ``$LORASWEEP_TRACKING``, which the report Job has, when not given). Never
+    fails the report: the trainer's `finish_sweep` counts and logs what did not reach MLflow."""
+    from pydantic import ValidationError
+
+    from lorasweep_trainer.config import TRACKING_ENV, MlflowTracking
+
+    if tracking is None:
+        text = os.environ.get(TRACKING_ENV)
+        if not text:
+            return
+        try:
+            tracking = MlflowTracking.model_validate_json(text)
+        except ValidationError as error:
+            log.warning("tracking contract unreadable env=%s error=%s", TRACKING_ENV, error.errors()[0]["msg"])
+            return
+    try:
+        from lorasweep_trainer.tracking import finish_sweep
+    except ImportError as error:  # an image without the MLflow client: the report stands on its own
+        log.warning("mlflow parent run not finished reason=no_client error=%s", error)
+        return
+    best = report.best
+    summary = {
+        "lorasweep.best_trial": best.trials[0],
+        "lorasweep.best": best.label,
+        "lorasweep.objective": f"{report.objective} ({report.goal})",
+        "lorasweep.report": report_uri,
+    }
+    if report.best_adapter is not None:
+        summary["lorasweep.best_adapter"] = report.best_adapter.uri
+    metrics: dict[str, float] = {"trials": float(report.methodology.trials), "best_test_accuracy": best.test.mean}
+    if best.objective is not None:
+        metrics[f"best_{report.objective}"] = best.objective
+    run = finish_sweep(tracking, summary, metrics)
+    if run is not None:
+        log.info("mlflow parent run finished run=%s best=%s", run, best.trials[0])
 
 
 def _storage_error(error: Exception) -> bool:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from lorasweep_operator.local import adaptive
 from lorasweep_operator.local.progress import (
@@ -222,6 +222,7 @@ class LocalSweep:
     ) -> None:
         from lorasweep_operator.preparation import needed, plan_preparation
         from lorasweep_operator.status import stopping_rule
+        from lorasweep_operator.tracking import for_local as tracking_for_local
         from lorasweep_trainer import storage
 
         self.manifest = manifest
@@ -243,7 +244,11 @@ class LocalSweep:
         # revision it resolved: `weights`) and, for the trainer's own spec.command, decodes the clips once.
         self.cache_uri = options.cache or storage.join(options.results, CACHE_FOLDER)
         self.prepares = list(options.command) == trainer_command() and needed(manifest.spec)
-        preparation = plan_preparation(manifest.spec, manifest.namespace, manifest.name, trials, self.cache_uri)
+        # spec.tracking: the preparation finds or creates the MLflow parent run; the trials get its id (`prepare`).
+        self.tracking = tracking_for_local(manifest.spec, manifest.namespace, manifest.name, options.results)
+        preparation = plan_preparation(
+            manifest.spec, manifest.namespace, manifest.name, trials, self.cache_uri, tracking=self.tracking
+        )
         self.preparation = preparation.config.model_copy(update={"device": options.device}) if self.prepares else None
         self.weights: ModelWeights | None = None
         # search.optimize plans from its record in the state folder, once that folder is locked (`replan`).
@@ -277,6 +282,7 @@ class LocalSweep:
                     "output": storage.join(options.results, f"{TRIALS_FOLDER}{trial.id}/"),
                     "device": options.device,
                     "metrics_port": 0,
+                    "tracking": self.tracking,
                 }
             )
             label = "baseline" if trial.group == "baseline" else f"{trial.group}: {trial.variant}"
@@ -382,12 +388,13 @@ class LocalSweep:
         self.prepared_code = process.returncode
         if process.returncode != 0:
             return False
-        self.pin_weights(folder / "termination.json")
+        self.take_prepared(folder / "termination.json")
         return True
 
-    def pin_weights(self, termination: Path) -> None:
-        """Every trial loads the model the preparation fetched, at the revision it resolved (as the operator
-        renders status.preparation.weights into each trial's configuration)."""
+    def take_prepared(self, termination: Path) -> None:
+        """What the preparation gives every trial, as the operator renders it from status.preparation: the model it
+        fetched, at the revision it resolved, and the MLflow parent run it found or created (else each trial finds
+        it itself)."""
         from lorasweep_trainer.results import PrepareSummary
 
         try:
@@ -395,10 +402,14 @@ class LocalSweep:
         except (OSError, ValueError):
             return
         self.weights = summary.weights
+        update: dict[str, Any] = {}
         if self.weights is not None:
-            self.configs = {
-                trial: config.model_copy(update={"weights": self.weights}) for trial, config in self.configs.items()
-            }
+            update["weights"] = self.weights
+        if self.tracking is not None and summary.mlflow_parent_run_id:
+            self.tracking = self.tracking.model_copy(update={"parent_run_id": summary.mlflow_parent_run_id})
+            update["tracking"] = self.tracking
+        if update:
+            self.configs = {trial: config.model_copy(update=update) for trial, config in self.configs.items()}
 
     def prepare_failed(self) -> int:
         from lorasweep_trainer.results import PrepareSummary
@@ -721,6 +732,7 @@ class LocalSweep:
     # --- the end ----------------------------------------------------------------------------------------
 
     def finish(self) -> int:
+        from lorasweep_operator.commands.report import finish_parent_run
         from lorasweep_operator.report import build_sweep_report, publish_report
         from lorasweep_trainer import storage
 
@@ -750,6 +762,8 @@ class LocalSweep:
             class_actions=self.manifest.spec.dataset.classes,
         )
         uri = publish_report(report, storage.join(self.options.results, REPORT_FOLDER))
+        if self.tracking is not None:
+            finish_parent_run(report, uri, self.tracking)
         if report.best_adapter is not None:
             self.best_adapter = report.best_adapter.uri
             self.say(
