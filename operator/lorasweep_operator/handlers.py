@@ -29,6 +29,7 @@ from lorasweep_operator import early_stopping, planning, rendering, telemetry
 from lorasweep_operator import policy as policies
 from lorasweep_operator import preparation as preparations
 from lorasweep_operator import status as statuses
+from lorasweep_operator.commands.operator import DEFAULT_WATCH_INACTIVITY_TIMEOUT, DEFAULT_WATCH_SERVER_TIMEOUT
 from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
 from lorasweep_operator.report import REPORT_FILE
 from lorasweep_operator.spec import (
@@ -66,6 +67,10 @@ class Settings:
     policy: policies.JobPolicy = field(default_factory=policies.JobPolicy)
     # Where trial pods reach the progress endpoint (spec.earlyStopping); None: no early stopping.
     progress_url: str | None = None
+    # kopf's watches (--watch-inactivity-timeout, --watch-server-timeout): a stream silent for the first is
+    # reopened from its last resourceVersion; the API server ends each one after the second.
+    watch_inactivity_timeout: float = DEFAULT_WATCH_INACTIVITY_TIMEOUT
+    watch_server_timeout: int = DEFAULT_WATCH_SERVER_TIMEOUT  # whole seconds: the API's timeoutSeconds
 
 
 SETTINGS = Settings()
@@ -140,6 +145,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
+    settings.watching.inactivity_timeout = SETTINGS.watch_inactivity_timeout
+    settings.watching.server_timeout = SETTINGS.watch_server_timeout
+    # The client gives up a little after the server should have ended the stream.
+    settings.watching.client_timeout = SETTINGS.watch_server_timeout + 60
     _kube()
 
 

@@ -70,6 +70,7 @@ SUSPENDED = "Suspended"
 COMPLETE = "Complete"
 FAILED = "Failed"
 REPORT_WRITTEN = "ReportWritten"
+SUSPENDED_MESSAGE = "the trial's Job is suspended (spec.suspend, or a queue that has not admitted it yet)"
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,15 @@ def observe_job(job: Mapping[str, Any]) -> ObservedJob:
             message=_clip(failed.get("message")),
             completion_time=failed.get("lastTransitionTime"),
         )
-    running = (status.get("active") or 0) > 0 and not (job.get("spec") or {}).get("suspend")
+    if (job.get("spec") or {}).get("suspend"):
+        return replace(seen, phase="Pending", reason=SUSPENDED, message=SUSPENDED_MESSAGE)
+    # FailureTarget (or SuccessCriteriaMet): the Job controller has decided, but Failed (Complete) waits until
+    # the pods have stopped, and a pod that is still stopping may yet leave its termination message. Until then
+    # the trial is not finished; it runs, as do pods that are terminating (`active` no longer counts them).
+    if (deciding := _condition(status, "FailureTarget") or _condition(status, "SuccessCriteriaMet")) is not None:
+        why = f"the Job controller ended the Job ({deciding.get('reason') or deciding.get('type')}); its pods are stopping"
+        return replace(seen, phase="Running", reason=str(deciding.get("type")), message=_clip(why))
+    running = (status.get("active") or 0) > 0 or (status.get("terminating") or 0) > 0
     return replace(seen, phase="Running" if running else "Pending")
 
 

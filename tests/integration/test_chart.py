@@ -145,6 +145,7 @@ def test_operator_deployment(render: Render) -> None:
     args = cli.build_parser().parse_args([*container["command"][1:], *container["args"]])
     assert args.command == "operator"
     assert (args.metrics_port, args.health_port, args.all_namespaces) == (8080, 8081, True)
+    assert (args.watch_inactivity_timeout, args.watch_server_timeout) == (70, 600)  # operator.watch.*
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     # Pod Security "restricted", field by field (the API server check is in test_chart_cluster.py).
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -264,6 +265,7 @@ def test_schema_accepts_the_defaults_and_every_ci_file() -> None:
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("operator.watchNamespace=team-a", "watchNamespace"),
         ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
+        ("operator.watch.serverTimeoutSeconds=0", "/operator/watch/serverTimeoutSeconds"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_readable_message(helm: Path, setting: str, complaint: str) -> None:

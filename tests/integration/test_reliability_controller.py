@@ -15,6 +15,7 @@ import pytest
 from operator_harness import (
     OperatorProcess,
     apply,
+    events,
     get_sweep,
     learning_rates,
     list_jobs,
@@ -34,7 +35,8 @@ GROUP_NAME = "lr $(id); `x` 'q'"
 
 # A trial whose behaviour its learningRate chooses, as the trainer's would: 1e-3 succeeds (val_accuracy 1.0 when
 # its argv and group arrived verbatim, else 0.0), 0.3 exits 3 (dataset unusable), 0.4 exits 1 (retryable),
-# 0.5 sleeps past any deadline (a success first sleeps epochs x 0.5 s), 0.6 succeeds with a termination message past the kubelet's 4 KiB.
+# 0.5 sleeps past any deadline (a success first sleeps epochs x 0.5 s), 0.6 succeeds with a termination message past the kubelet's 4 KiB,
+# 0.7 runs until SIGTERM and then takes STOPPING_SECONDS to stop (a trainer finishing an upload), then exits 1.
 BEHAVIOUR = r"""
 import json, os, sys, time
 trial = json.loads(os.environ["LORASWEEP_TRIAL"])
@@ -53,6 +55,15 @@ if rate == 0.5:
 if rate == 0.6:
     summary("Succeeded", metrics={"val_accuracy": 0.9}, message="x" * 6000)
     sys.exit(0)
+if rate == 0.7:
+    import signal
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    while not stopping:
+        time.sleep(0.05)
+    time.sleep(STOPPING_SECONDS)
+    summary("Failed", reason="Error", message="stopped by SIGTERM")
+    sys.exit(1)
 time.sleep(trial["training"]["epochs"] * 0.5)
 if "--gate" in sys.argv:  # trial i (learningRate (i + 1) x 1e-4) finishes once the gate file holds a number > i
     gate, index = sys.argv[sys.argv.index("--gate") + 1], round(rate / 1e-4) - 1
@@ -63,8 +74,14 @@ summary("Succeeded", metrics={"val_accuracy": 1.0 if verbatim else 0.0}, metrics
 """
 
 
+STOPPING_SECONDS = 15
+
+
 def behaviour_command(*argv: str) -> list[str]:
-    script = f"EXPECTED_ARGV = {json.dumps(list(argv))}\nEXPECTED_GROUP = {json.dumps(GROUP_NAME)}\n{BEHAVIOUR}"
+    script = (
+        f"EXPECTED_ARGV = {json.dumps(list(argv))}\nEXPECTED_GROUP = {json.dumps(GROUP_NAME)}\n"
+        f"STOPPING_SECONDS = {STOPPING_SECONDS}\n{BEHAVIOUR}"
+    )
     return ["python", "-c", script, *argv]
 
 
@@ -235,3 +252,49 @@ def test_a_trial_job_deleted_mid_run_is_recreated_and_the_trial_finishes(
     assert status["counts"]["succeeded"] == 1 and [j["metadata"]["name"] for j in list_jobs(cluster, namespace)] == [
         job["metadata"]["name"]
     ]
+
+
+def _job_conditions(cluster: Any, namespace: str, sweep: str) -> set[str]:
+    """The conditions (status True) of the sweep's one trial Job; none before it exists."""
+    jobs = list_jobs(cluster, namespace, f"lorasweep.dev/sweep={sweep},lorasweep.dev/trial")
+    return {
+        c["type"] for job in jobs for c in (job.get("status") or {}).get("conditions") or [] if c["status"] == "True"
+    }
+
+
+def test_failure_target_before_failed_does_not_finish_the_trial_early(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    # Past its deadline the Job controller sets FailureTarget and stops the pod, which takes STOPPING_SECONDS to
+    # stop; Failed comes only after it has.
+    manifest = sweep_manifest(
+        "slowstop", namespace, command=behaviour_command(), activeDeadlineSeconds=3, maxFailedTrials=0,
+        search=learning_rates(0.7),
+    )  # fmt: skip
+    assert apply(cluster, manifest).returncode == 0
+    wait_for(
+        "the Job controller's decision",
+        lambda: _job_conditions(cluster, namespace, "slowstop") & {"FailureTarget", "Failed"},
+        timeout=120,
+        interval=0.2,
+    )
+    assert _job_conditions(cluster, namespace, "slowstop") == {"FailureTarget"}, "the window was missed"
+    # A pass in that window (a spec edit runs one), seen through the status it writes.
+    cluster.kubectl("patch", "lsw", "slowstop", "-n", namespace, "--type=merge", "-p", '{"spec":{"parallelism":2}}')
+    wait_for(
+        "the pass after the edit",
+        lambda: (get_sweep(cluster, namespace, "slowstop").get("status") or {}).get("observedGeneration") == 2,
+        timeout=30,
+        interval=0.2,
+    )
+    during = get_sweep(cluster, namespace, "slowstop")["status"]
+    assert "Failed" not in _job_conditions(cluster, namespace, "slowstop"), "the pod stopped before the check"
+    (row,) = during["trials"]
+    assert (row["phase"], row.get("reason")) == ("Running", "FailureTarget"), row
+    assert during["phase"] == "Running" and not during.get("completionTime") and during["counts"]["failed"] == 0
+    assert "TrialFailed" not in events(cluster, namespace, "slowstop")
+
+    done = wait_phase(cluster, namespace, "slowstop", ("Failed",), timeout=120)["status"]
+    (row,) = done["trials"]
+    assert (row["phase"], row["reason"]) == ("Failed", "DeadlineExceeded"), row
+    assert done["completionTime"] and done["counts"]["failed"] == 1

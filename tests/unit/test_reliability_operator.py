@@ -402,3 +402,79 @@ def test_a_burst_longer_than_the_attempts_reaches_the_caller(no_backoff: list[fl
     assert error.value.transient and len(api.calls) == kube.ATTEMPTS
     gone = FlakyApi((404, None))
     assert gone.get_sweep("ns", "s") is None and gone.calls == ["get"]  # not retried
+
+
+# --- Job conditions: FailureTarget before Failed -------------------------------------------------------------------
+
+NOW = "2025-01-01T00:00:00Z"
+
+
+def _failing_job(trial: planning.PlannedTrial, *conditions: str, terminating: int = 1) -> dict[str, Any]:
+    """A trial Job as the Job controller leaves it when its deadline passed: FailureTarget at once (its pod told to
+    stop), Failed only once the pod has stopped. `conditions` in the order the Job lists them."""
+    found = {
+        "FailureTarget": {"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded",
+                          "message": "Job was active longer than specified deadline"},
+        "Failed": {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                   "message": "Job was active longer than specified deadline", "lastTransitionTime": NOW},
+    }  # fmt: skip
+    status: dict[str, Any] = {"startTime": NOW, "active": 0, "conditions": [found[kind] for kind in conditions]}
+    if "Failed" not in conditions:
+        status["terminating"] = terminating
+    labels = {rendering.TRIAL_LABEL: trial.id}
+    return {"metadata": {"name": trial.job_name, "labels": labels}, "spec": {}, "status": status}
+
+
+@pytest.mark.parametrize("order", [("FailureTarget", "Failed"), ("Failed", "FailureTarget")])
+def test_a_job_is_failed_only_once_failed_whatever_the_order_of_its_conditions(order: tuple[str, str]) -> None:
+    (trial, *_) = _trials()
+    observed = statuses.observe_job(_failing_job(trial, *order))
+    assert (observed.phase, observed.reason, observed.terminal) == ("Failed", "DeadlineExceeded", True)
+
+
+@pytest.mark.parametrize("terminating", [0, 1])
+def test_failure_target_alone_does_not_finish_the_trial_or_the_sweep(terminating: int) -> None:
+    spec = parse_spec(_spec(search={"list": [{"learningRate": 1e-4}]}, maxFailedTrials=0))
+    (trial,) = planning.plan(spec, "s")
+    failing = statuses.observe_job(_failing_job(trial, "FailureTarget", terminating=terminating))
+    assert (failing.phase, failing.reason, failing.terminal) == ("Running", "FailureTarget", False)
+    assert failing.message is not None and "DeadlineExceeded" in failing.message
+    result = statuses.aggregate(spec, [trial], [failing], LoraSweepStatus(), 1, NOW)
+    assert result.status.phase == "Running" and result.status.completion_time is None
+    assert result.status.outcomes == {} and result.status.counts.failed == 0
+    assert [event.reason for event in result.events] == []  # no TrialFailed, no TooManyFailedTrials yet
+    assert statuses.launches(spec, [trial], [failing], result.status) == []  # and nothing launched in its place
+    # Once the pod has stopped, Failed: now the trial and the sweep are finished.
+    failed = statuses.observe_job(_failing_job(trial, "FailureTarget", "Failed"))
+    done = statuses.aggregate(spec, [trial], [failed], result.status, 1, NOW)
+    assert done.status.phase == "Failed" and done.status.outcomes[trial.id].phase == "Failed"
+    assert done.status.trials[0].reason == "DeadlineExceeded"
+
+
+# --- watches: the inactivity and server timeouts are the operator's flags ---------------------------------------
+
+
+def test_the_watch_timeouts_are_flags_that_reach_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from lorasweep_operator import cli
+
+    args = cli.build_parser().parse_args(
+        ["operator", "--watch-inactivity-timeout", "7.5", "--watch-server-timeout", "120"]
+    )
+    assert (args.watch_inactivity_timeout, args.watch_server_timeout) == (7.5, 120)
+    defaults = cli.build_parser().parse_args(["operator"])
+    assert (defaults.watch_inactivity_timeout, defaults.watch_server_timeout) == (70, 600)
+    for bad in (
+        ["--watch-inactivity-timeout", "0"],
+        ["--watch-server-timeout", "1.5"],
+        ["--watch-server-timeout", "x"],
+    ):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["operator", *bad])
+    chosen = handlers.Settings(kube=FakeApi(), watch_inactivity_timeout=7.5, watch_server_timeout=120)
+    monkeypatch.setattr(handlers, "SETTINGS", chosen)
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    assert (settings.watching.inactivity_timeout, settings.watching.server_timeout) == (7.5, 120)
+    assert settings.watching.client_timeout is not None and settings.watching.client_timeout > 120
