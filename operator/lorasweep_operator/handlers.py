@@ -301,6 +301,7 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     jobs: list[statuses.ObservedJob] = []
     others: dict[str, statuses.ObservedJob] = {}  # the report and preparation Jobs, by name
     bodies: list[dict[str, Any]] = []  # the trial Jobs as the API returned them (search.optimize's history)
+    children: list[dict[str, Any]] = []  # the Jobs spec.suspend applies to: trials and the preparation
     for job in kube.list_jobs(namespace, rendering.sweep_selector(name)):
         if ObjectMeta.of(job).owned_by(current.uid):
             if rendering.component(job) in (rendering.REPORT_COMPONENT, preparations.COMPONENT):
@@ -309,7 +310,10 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
             else:
                 jobs.extend(statuses.observe_jobs(job))
                 bodies.append(job)
+            if rendering.component(job) != rendering.REPORT_COMPONENT:
+                children.append(job)
     report_job = others.get(rendering.report_job_name(name, current.uid))
+    _suspend(kube, current, spec.suspend, children)
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
@@ -389,6 +393,26 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         written,
     )
     return new
+
+
+def _suspend(kube: Kube, current: Pass, suspend: bool, jobs: list[dict[str, Any]]) -> None:
+    """spec.suspend on the unfinished Jobs (statuses.suspensions). A Job that finished or went away meanwhile is
+    no error: the next pass sees it as it is."""
+    patches = statuses.suspensions(suspend, jobs)
+    for job, patch in patches:
+        try:
+            kube.patch_job(current.namespace, job, patch)
+        except ApiError as error:
+            if error.transient:
+                raise
+            log.warning("job not suspended namespace=%s job=%s error=%s", current.namespace, job, error)
+            continue
+        log.info("job %s namespace=%s sweep=%s job=%s", "suspended" if suspend else "resumed",
+                 current.namespace, current.name, job)  # fmt: skip
+    if patches:
+        names = ", ".join(job for job, _ in patches[:10]) + (" ..." if len(patches) > 10 else "")
+        what, reason = ("suspended", "TrialsSuspended") if suspend else ("resumed", "TrialsResumed")
+        current.events.append(statuses.Event("Normal", reason, f"{what} {len(patches)} Jobs: {names}"))
 
 
 def _render_trial_job(

@@ -47,6 +47,8 @@ TRIALS_ANNOTATION = "lorasweep.dev/trials"  # a pack's members, in order
 PROGRESS_ANNOTATION = "lorasweep.dev/progress"
 EARLY_STOPPING_ANNOTATION = "lorasweep.dev/early-stopping"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# On a running Job that spec.suspend suspended: resuming the sweep unsuspends only Jobs that carry it.
+SUSPENDED_ANNOTATION = "lorasweep.dev/suspended-by-sweep"
 APP_LABELS = {
     "app.kubernetes.io/name": "lorasweep",
     "app.kubernetes.io/component": "trial",

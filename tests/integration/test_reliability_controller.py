@@ -15,6 +15,7 @@ import pytest
 from operator_harness import (
     OperatorProcess,
     apply,
+    condition,
     events,
     get_sweep,
     learning_rates,
@@ -24,7 +25,7 @@ from operator_harness import (
     wait_phase,
 )
 
-from fixtures_cluster import wait_for
+from fixtures_cluster import processes_running, wait_for
 from lorasweep_operator.status import RESULT_UNREADABLE
 
 pytestmark = pytest.mark.reliability
@@ -298,3 +299,137 @@ def test_failure_target_before_failed_does_not_finish_the_trial_early(
     (row,) = done["trials"]
     assert (row["phase"], row["reason"]) == ("Failed", "DeadlineExceeded"), row
     assert done["completionTime"] and done["counts"]["failed"] == 1
+
+
+KEEP = "lorasweep.dev/test-keep"  # the test's own finalizer: the evicted pod's final status stays readable
+
+
+def _pod(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(cluster.kubectl("get", "pod", name, "-n", namespace, "-o", "json").stdout)
+    return body
+
+
+def _release(cluster: Any, namespace: str, name: str) -> None:
+    """Remove KEEP, by index with a test op (a merge patch could give back a finalizer the Job controller just
+    removed); the index moves when it does, so look again."""
+
+    def removed() -> bool:
+        finalizers = _pod(cluster, namespace, name)["metadata"].get("finalizers") or []
+        if KEEP not in finalizers:
+            return True
+        index = finalizers.index(KEEP)
+        patch = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": KEEP},
+                 {"op": "remove", "path": f"/metadata/finalizers/{index}"}]  # fmt: skip
+        argv = ("patch", "pod", name, "-n", namespace, "--type=json", "-p", json.dumps(patch))
+        return cluster.kubectl(*argv, check=False).returncode == 0
+
+    wait_for(f"finalizer {KEEP} removed", removed, timeout=30, interval=0.2)
+
+
+def test_a_preempted_trial_pod_is_replaced_and_not_counted_as_a_failure(
+    cluster: Any, namespace: str, operator: OperatorProcess, api_client: Any, tmp_path: Path
+) -> None:
+    from kubernetes import client
+
+    gate = tmp_path / "gate"
+    gate.write_text("0")
+    # backoffLimit 0: a single counted failure would fail the Job, and maxFailedTrials 0 the sweep.
+    manifest = sweep_manifest(
+        "preempted", namespace, command=behaviour_command("--gate", str(gate)), backoffLimit=0, maxFailedTrials=0,
+        search=learning_rates(1e-4),
+    )  # fmt: skip
+    assert apply(cluster, manifest).returncode == 0
+
+    def running() -> list[dict[str, Any]]:
+        return [p for p in list_pods(cluster, namespace) if (p.get("status") or {}).get("phase") == "Running"]
+
+    (first,) = wait_for("the trial to run", running, timeout=120)
+    name = first["metadata"]["name"]
+    keep = [{"op": "add", "path": "/metadata/finalizers/-", "value": KEEP}]
+    cluster.kubectl("patch", "pod", name, "-n", namespace, "--type=json", "-p", json.dumps(keep))
+    # What a preemption or a node drain does: the Eviction API (pods/eviction).
+    eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+    client.CoreV1Api(api_client).create_namespaced_pod_eviction(name, namespace, eviction)
+    try:
+        # The node agent, as a kubelet: SIGTERM to the process, then the pod reported Failed.
+        evicted = wait_for(
+            "the evicted pod to stop",
+            lambda: (pod := _pod(cluster, namespace, name))["status"].get("phase") == "Failed" and pod,
+            timeout=60,
+            interval=0.2,
+        )
+    finally:
+        _release(cluster, namespace, name)
+    disruption = [c for c in evicted["status"]["conditions"] if c["type"] == "DisruptionTarget"]
+    assert [(c["status"], c["reason"]) for c in disruption] == [("True", "EvictionByEvictionAPI")], evicted["status"]
+    (container,) = evicted["status"]["containerStatuses"]
+    assert container["state"]["terminated"]["exitCode"] == 143  # 128 + SIGTERM: the process was ended
+
+    # The Job's podFailurePolicy ignores the disruption: a new pod, no failure counted.
+    (second,) = wait_for(
+        "a replacement pod", lambda: [p for p in running() if p["metadata"]["uid"] != first["metadata"]["uid"]],
+        timeout=60,
+    )  # fmt: skip
+    during = get_sweep(cluster, namespace, "preempted")["status"]
+    assert during["counts"]["failed"] == 0 and during["trials"][0]["phase"] in ("Running", "Pending"), during
+    gate.write_text("1")
+    status = wait_phase(cluster, namespace, "preempted", ("Succeeded", "Failed"), timeout=120)["status"]
+    assert status["phase"] == "Succeeded" and status["counts"] == {**status["counts"], "succeeded": 1, "failed": 0}
+    (job,) = list_jobs(cluster, namespace)
+    assert (job["status"].get("failed") or 0) == 0 and job["status"]["succeeded"] == 1
+    assert "TrialFailed" not in events(cluster, namespace, "preempted")
+    assert second["metadata"]["name"] != name
+
+
+def test_suspend_suspends_running_trial_jobs_and_resume_runs_them_without_duplicates(
+    cluster: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.write_text("1")  # the first trial may finish; the others run until the gate opens further
+    manifest = sweep_manifest(
+        "paused", namespace, command=behaviour_command("--gate", str(gate)), parallelism=2,
+        search=learning_rates(1e-4, 2e-4, 3e-4),
+    )  # fmt: skip
+    assert apply(cluster, manifest).returncode == 0
+
+    def running_trials() -> set[str]:
+        return {
+            p["metadata"]["labels"]["lorasweep.dev/trial"]
+            for p in list_pods(cluster, namespace)
+            if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        }
+
+    def first_done() -> dict[str, Any] | None:
+        rows = _rows(get_sweep(cluster, namespace, "paused").get("status") or {"trials": []})
+        done = rows.get(1e-4, {}).get("phase") == "Succeeded" and len(running_trials()) == 2
+        return rows[1e-4] if done else None
+
+    first = wait_for("two trials to run after the first finished", first_done, timeout=120, interval=0.5)
+
+    cluster.kubectl("patch", "lsw", "paused", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+
+    def suspended() -> dict[str, Any] | None:
+        status = get_sweep(cluster, namespace, "paused").get("status") or {}
+        jobs = [j for j in list_jobs(cluster, namespace) if j["metadata"]["name"] != first["job"]]
+        quiet = all(j["spec"].get("suspend") for j in jobs) and not running_trials()
+        return status if quiet and status.get("phase") == "Suspended" and status["counts"]["running"] == 0 else None
+
+    status = wait_for("the running trials to be suspended", suspended, timeout=90, interval=0.5)
+    assert processes_running(str(gate)) == []  # their processes ended
+    assert (condition(status, "Suspended") or ("",))[0] == "True"
+    rows = _rows(status)
+    assert rows[1e-4] == first  # the finished trial's result is kept as it was
+    assert {rows[r]["phase"] for r in (2e-4, 3e-4)} == {"Pending"}
+    assert {rows[r].get("reason") for r in (2e-4, 3e-4)} == {"Suspended"}
+    assert len(list_jobs(cluster, namespace)) == 3
+
+    cluster.kubectl("patch", "lsw", "paused", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    wait_for("the trials to run again", lambda: len(running_trials()) == 2, timeout=90)
+    gate.write_text("3")
+    done = wait_phase(cluster, namespace, "paused", ("Succeeded", "Failed"), timeout=120)["status"]
+    assert done["phase"] == "Succeeded" and done["counts"]["succeeded"] == 3
+    assert _rows(done)[1e-4] == first
+    jobs = list_jobs(cluster, namespace)
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(row["job"] for row in done["trials"])  # no duplicate
+    assert not any(j["spec"].get("suspend") for j in jobs)
+    assert _pods_per_trial(cluster, namespace)[first["id"]] == 1  # the finished trial never ran again

@@ -75,6 +75,7 @@ class FakeApi(Kube):
         self.events: list[dict[str, Any]] = []
         self.creates: list[str] = []
         self.create_errors: list[int] = []  # codes the next creates answer with
+        self.patches: list[tuple[str, dict[str, Any]]] = []  # (Job, merge patch) in order
 
     def add_sweep(self, name: str, spec: dict[str, Any], uid: str = "uid-1") -> None:
         metadata = {"name": name, "namespace": "ns", "uid": uid, "generation": 1}
@@ -113,6 +114,11 @@ class FakeApi(Kube):
         if resource == "events":
             self.events.append(body)
             return body
+        if resource == "jobs" and method == "PATCH":
+            assert content_type == "application/merge-patch+json"
+            self.patches.append((name, copy.deepcopy(body)))
+            self.jobs[name] = _merge(self.jobs[name], body)
+            return copy.deepcopy(self.jobs[name])
         raise AssertionError(f"unexpected request {method} {path}")
 
     def finish(self, job: str, message: str | None, phase: str = "Complete", last_state: bool = False) -> None:
@@ -131,6 +137,19 @@ class FakeApi(Kube):
         self.pods.append(
             {"metadata": {"labels": labels}, "status": {"containerStatuses": [{"name": "trainer", **states}]}}
         )
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged.get(key), value)
+    return merged
 
 
 def settings(write_reports: bool = False) -> handlers.Settings:
@@ -478,3 +497,73 @@ def test_the_watch_timeouts_are_flags_that_reach_kopf(monkeypatch: pytest.Monkey
     handlers.configure(settings=settings)
     assert (settings.watching.inactivity_timeout, settings.watching.server_timeout) == (7.5, 120)
     assert settings.watching.client_timeout is not None and settings.watching.client_timeout > 120
+
+
+# --- spec.suspend suspends the running trial Jobs, and resuming unsuspends them --------------------------------
+
+
+def _suspended(api: FakeApi, job: str) -> bool:
+    return bool(api.jobs[job]["spec"].get("suspend"))
+
+
+def _set_suspend(api: FakeApi, value: bool) -> None:
+    api.sweeps["s"]["spec"] = {**api.sweeps["s"]["spec"], "suspend": value}
+    api.sweeps["s"]["metadata"]["generation"] += 1
+
+
+def test_suspend_suspends_the_running_trial_jobs_and_resume_unsuspends_them(api: FakeApi) -> None:
+    first, second, third = _trials()
+    handlers.run_pass(api, "ns", "s")
+    api.finish(first.job_name, _succeeded(first.id, 0.5))
+    handlers.run_pass(api, "ns", "s")  # the third trial is launched in the first one's place
+    for name in (second.job_name, third.job_name):
+        api.jobs[name]["status"] = {"startTime": NOW, "active": 1}
+    recorded = _status(api).outcomes[first.id]
+
+    _set_suspend(api, True)
+    handlers.run_pass(api, "ns", "s")
+    assert [job for job, _ in api.patches] == [second.job_name, third.job_name]  # not the finished one
+    assert _suspended(api, second.job_name) and _suspended(api, third.job_name)
+    assert not _suspended(api, first.job_name)
+    for name in (second.job_name, third.job_name):  # the Job controller stops the pods
+        api.jobs[name]["status"] = {"startTime": NOW, "active": 0}
+    handlers.run_pass(api, "ns", "s")
+    status = _status(api)
+    assert status.phase == "Suspended" and status.condition(statuses.SUSPENDED).status == "True"
+    rows = {row.id: row for row in status.trials}
+    assert (rows[second.id].phase, rows[second.id].reason) == ("Pending", statuses.SUSPENDED)
+    assert status.outcomes[first.id] == recorded and rows[first.id].objective == 0.5  # kept
+    assert len(api.patches) == 2 and len(api.creates) == 3  # nothing patched twice, nothing new
+    assert [e["reason"] for e in api.events].count("TrialsSuspended") == 1
+
+    _set_suspend(api, False)
+    handlers.run_pass(api, "ns", "s")
+    assert not _suspended(api, second.job_name) and not _suspended(api, third.job_name)
+    assert rendering.SUSPENDED_ANNOTATION not in api.jobs[second.job_name]["metadata"]["annotations"]
+    assert api.creates == [first.job_name, second.job_name, third.job_name]  # no duplicate Job
+    assert _status(api).phase == "Running" and _status(api).outcomes[first.id] == recorded
+
+
+def test_resume_leaves_a_job_suspended_for_kueue_to_kueue() -> None:
+    spec = parse_spec(_spec(queueName="gpu"))
+    first, second, _ = planning.plan(spec, "s")
+    waiting = rendering.render_job(spec, "ns", "s", "uid-1", first)  # created suspended, not admitted yet
+    admitted = rendering.render_job(spec, "ns", "s", "uid-1", second)
+    admitted["spec"]["suspend"] = False
+    assert waiting["spec"]["suspend"] is True
+    assert statuses.suspensions(False, [waiting, admitted]) == []
+    (only,) = statuses.suspensions(True, [waiting, admitted])  # the waiting one is suspended already
+    assert only[0] == second.job_name and only[1]["spec"] == {"suspend": True}
+    admitted = _merge(admitted, only[1])
+    # Resumed: the mark goes, but suspend stays for Kueue, which starts the Job when it admits it again.
+    assert statuses.suspensions(False, [waiting, admitted]) == [
+        (second.job_name, {"metadata": {"annotations": {rendering.SUSPENDED_ANNOTATION: None}}})
+    ]
+
+
+@pytest.mark.parametrize("decided", ["Complete", "Failed", "FailureTarget", "SuccessCriteriaMet"])
+def test_a_finished_or_deciding_job_is_never_suspended(decided: str) -> None:
+    (first, *_) = _trials()
+    job = rendering.render_job(parse_spec(_spec()), "ns", "s", "uid-1", first)
+    job["status"] = {"active": 1, "conditions": [{"type": decided, "status": "True"}]}
+    assert statuses.suspensions(True, [job]) == []
