@@ -28,6 +28,7 @@ from lorasweep_trainer.config import (
     PERMANENT_EXIT_CODES,
     PREPARE_ENV,
     REPORT_FOLDER,
+    SWEEP_UID_ENV,
     TERMINATION_LOG_ENV,
     TRIAL_ENV,
     TRIALS_FOLDER,
@@ -258,7 +259,12 @@ def render_job(
     """The batch/v1 Job that runs `trial` of sweep `namespace/sweep`, reading the preparation's cache;
     `progress_url`: the operator's progress endpoint, given to the trainer when the sweep stops trials early."""
     config = trial_config(spec, namespace, sweep, trial, cache=preparations.trial_cache(spec, namespace, trial))
-    env = [{"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)}, *_storage_env(spec)]
+    env = [
+        {"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)},
+        # Whose result a metrics.json already under the trial's output is: a retried pod keeps this sweep's.
+        {"name": SWEEP_UID_ENV, "value": sweep_uid},
+        *_storage_env(spec),
+    ]
     container = _container(spec, CONTAINER, list(spec.command), env, _resources(spec))
     container["ports"] = [{"name": "metrics", "containerPort": config.metrics_port, "protocol": "TCP"}]
     pod = _pod_spec(spec, container)

@@ -24,6 +24,7 @@ from lorasweep_trainer.results import TerminationSummary, TrialMetrics
 from reliability_cases import finished_status
 from reliability_cases import spec as _spec
 from reliability_cases import succeeded as _succeeded
+from reliability_cases import trial_metrics
 
 pytestmark = pytest.mark.reliability
 
@@ -246,36 +247,6 @@ def test_a_succeeded_trial_without_a_readable_result_says_so(api: FakeApi, messa
     assert row.message is not None and "metrics.json" in row.message
 
 
-def _metrics(trial: str, accuracy: float) -> TrialMetrics:
-    params = {"learning_rate": 1e-4, "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.1, "epochs": 5,
-              "batch_size": 1, "gradient_accumulation_steps": 4, "weight_decay": 0.01, "frames_per_clip": 8, "seed": 42}  # fmt: skip
-    return TrialMetrics.model_validate(
-        {
-            "sweep": "s",
-            "trial": trial,
-            "params": params,
-            "classes": ["a", "b"],
-            "dataset": {"videos_per_class": 2, "train": 2, "val": 1, "test": 1},
-            "epochs": [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "val_accuracy": accuracy}],
-            "best_epoch": 1,
-            "train_accuracy": 0.5,
-            "val_accuracy": accuracy,
-            "test_accuracy": 0.5,
-            "per_class": {},
-            "confusion_matrix": [[1, 0], [0, 1]],
-            "trainable_parameters": 1,
-            "total_parameters": 2,
-            "inference_ms_per_video": 1.0,
-            "train_seconds": 1.0,
-            "git_commit": "0" * 40,
-            "model": "tiny",
-            "device": "cpu",
-            "started_at": "t0",
-            "finished_at": "t1",
-        }  # fmt: skip
-    )
-
-
 def test_with_write_reports_an_unreadable_result_is_recovered_from_metrics_json(
     api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -285,7 +256,7 @@ def test_with_write_reports_an_unreadable_result_is_recovered_from_metrics_json(
     handlers.run_pass(api, "ns", "s")
     folder = Path(trial_output(str(tmp_path) + "/", "ns", "s", first.id))
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(_metrics(first.id, 0.8).to_json())
+    (folder / "metrics.json").write_text(trial_metrics(first.id, 0.8).to_json())
     api.finish(first.job_name, _truncated(first.id))
     api.finish(second.job_name, None)  # no metrics.json either: stays unreadable
     handlers.run_pass(api, "ns", "s")

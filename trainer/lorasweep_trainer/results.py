@@ -103,6 +103,9 @@ class TrialMetrics(Record):
     )
     feature_cache: FeatureCacheUse | None = None
     cache: dict[str, int] | None = Field(default=None, description="cache shards hit/built/rejected, decodes")
+    sweep_uid: str | None = Field(
+        default=None, description="the sweep object the result belongs to (LORASWEEP_SWEEP_UID); None when run locally"
+    )
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
