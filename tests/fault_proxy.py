@@ -28,7 +28,8 @@ class Fault:
 
     method: str
     kind: str  # "status": answer `status` with `body`; "reset": RST instead of a reply; "hold": block until released;
-    # "rewrite": forward, then pass the real response's headers through `rewrite`
+    # "rewrite": forward, then pass the real response's headers through `rewrite`; "stall": forward (the server
+    # acts on it), then hold the reply until released and reset the connection (the client never hears back)
     status: int = 503
     body: bytes = b""
     headers: Headers = field(default_factory=dict)
@@ -86,6 +87,13 @@ class FaultProxy:
                 fault = proxy._take(self.command, self.path)
                 if fault is not None and fault.kind == "reset":
                     # SO_LINGER 0: close() sends RST, what a dropped connection looks like to the client.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                if fault is not None and fault.kind == "stall":
+                    proxy._forward(self.command, self.path, dict(self.headers), body)
+                    proxy.held.set()
+                    proxy.release.wait(timeout=600)
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
                     return

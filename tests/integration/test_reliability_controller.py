@@ -22,9 +22,11 @@ from operator_harness import (
     list_jobs,
     list_pods,
     sweep_manifest,
+    tiny_trainer_sweep,
     wait_phase,
 )
 
+from fault_proxy import Fault, FaultProxy
 from fixtures_cluster import processes_running, wait_for
 from lorasweep_operator.status import RESULT_UNREADABLE
 
@@ -433,3 +435,40 @@ def test_suspend_suspends_running_trial_jobs_and_resume_runs_them_without_duplic
     assert sorted(j["metadata"]["name"] for j in jobs) == sorted(row["job"] for row in done["trials"])  # no duplicate
     assert not any(j["spec"].get("suspend") for j in jobs)
     assert _pods_per_trial(cluster, namespace)[first["id"]] == 1  # the finished trial never ran again
+
+
+def test_a_trial_pod_retried_after_it_wrote_its_metrics_keeps_that_result(
+    cluster: Any, namespace: str, operator: OperatorProcess, s3_server: Any, s3_bucket: str
+) -> None:
+    from lorasweep_trainer.results import TrialMetrics
+
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        manifest = tiny_trainer_sweep(cluster, namespace, "retried", s3_server, s3_bucket)
+        spec = manifest["spec"]
+        spec["storage"]["endpoint"] = proxy.url  # the trainers' S3 traffic goes through the proxy
+        spec["search"] = {"list": [{"learningRate": 1e-3}]}
+        spec["training"]["epochs"] = 1
+        spec.update(parallelism=1, backoffLimit=1, resources={"limits": {"cpu": "2", "memory": "4Gi"}})
+        # The first attempt's metrics.json reaches the server; the answer never reaches the trainer.
+        proxy.add(Fault("PUT", "stall", path="metrics.json"))
+        assert apply(cluster, manifest).returncode == 0
+        wait_for("the first attempt to write metrics.json", proxy.held.is_set, timeout=600, interval=0.5)
+        (written,) = [
+            item["Key"]
+            for item in s3_server.client().list_objects_v2(Bucket=s3_bucket, Prefix="sweeps/").get("Contents", [])
+            if item["Key"].endswith("/metrics.json")
+        ]
+        recorded = s3_server.client().get_object(Bucket=s3_bucket, Key=written)["Body"].read()
+        # Its pod dies before it exits 0 (a lost node, an out-of-memory kill): the Job runs the trial again.
+        (pod,) = list_pods(cluster, namespace)
+        cluster.kubectl("delete", "pod", pod["metadata"]["name"], "-n", namespace, "--wait=false")
+        status = wait_phase(cluster, namespace, "retried", ("Succeeded", "Failed"), timeout=300)["status"]
+    assert status["phase"] == "Succeeded", (status, operator.log())
+    metrics = TrialMetrics.model_validate_json(recorded)
+    (row,) = status["trials"]
+    assert row["objective"] == metrics.val_accuracy and row["metricsUri"] == f"s3://{s3_bucket}/{written}"
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key=written)["Body"].read() == recorded  # untouched
+    (job,) = list_jobs(cluster, namespace)
+    assert (job["status"].get("failed"), job["status"].get("succeeded")) == (1, 1)  # two attempts, one result
+    logs = cluster.kubectl("logs", "-n", namespace, "-l", "lorasweep.dev/trial", "--tail=200", check=False).stdout
+    assert "trial finished before, keeping its result" in logs, logs[-2000:]

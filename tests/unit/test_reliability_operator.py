@@ -20,11 +20,10 @@ from lorasweep_operator import status as statuses
 from lorasweep_operator.kube import ApiError, Kube
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepStatus, TrainingConfig, parse_spec
 from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, trial_output
-from lorasweep_trainer.results import TerminationSummary, TrialMetrics
-from reliability_cases import finished_status
+from lorasweep_trainer.results import TerminationSummary
+from reliability_cases import finished_status, trial_metrics
 from reliability_cases import spec as _spec
 from reliability_cases import succeeded as _succeeded
-from reliability_cases import trial_metrics
 
 pytestmark = pytest.mark.reliability
 

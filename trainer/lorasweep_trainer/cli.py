@@ -104,11 +104,10 @@ def run_trial(cfg: TrialConfig) -> int:
     """One trial in this process: train, publish, leave the termination message; returns the exit code."""
     from lorasweep_trainer.data import DatasetError
     from lorasweep_trainer.model import ModelUnavailable
+    from lorasweep_trainer.pack import recorded_result
     from lorasweep_trainer.progress import TrialStopped
     from lorasweep_trainer.results import summarize
     from lorasweep_trainer.train import train
-
-    from lorasweep_trainer.pack import recorded_result
 
     earlier = recorded_result(cfg)
     if earlier is not None:

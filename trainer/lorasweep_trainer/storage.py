@@ -202,9 +202,7 @@ def _write_errors() -> tuple[type[BaseException], ...]:
     return (*_transient_read_errors(), ChecksumMismatch)
 
 
-def write_bytes(
-    uri: str, data: bytes, content_type: str = "application/octet-stream", if_absent: bool = False
-) -> bool:
+def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream", if_absent: bool = False) -> bool:
     """Write one object completely or not at all, verified by its SHA-256 checksum. ``if_absent``: only when no
     object is there yet (S3's conditional write ``If-None-Match: *``; locally a hard link, which cannot replace a
     file); returns False when one was, and leaves it as it is."""
