@@ -4,7 +4,10 @@ Every trigger (a sweep created, resumed or edited; a trial Job changing phase; a
 level-triggered pass for that sweep: read the sweep and its Jobs, plan (pure), launch what is missing
 (idempotent: deterministic Job names, 409 means done; a name held by a Job this sweep does not own is
 reported on the trial as JobNotOwned), aggregate the status (pure), write it when it changed. A trial Job
-deleted before it finished is created again; one deleted after is not (its outcome is recorded). Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
+deleted before it finished is created again; one deleted after is not (its outcome is recorded). spec.suspend
+suspends the unfinished Jobs and resuming unsuspends those it suspended (statuses.suspensions). A Job that loses
+its ownerReference wakes its former sweep at once (its trial shows JobNotOwned) and again when it is deleted.
+Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
 
 Once the sweep has finished, the same pass sees to its report: written by the operator itself when it was
 started with `--write-reports` (its pod can reach spec.storage.output), else by one report Job that runs
@@ -104,6 +107,9 @@ class Coalescer:
 COALESCER = Coalescer()
 # Job uid -> the trial phase last seen; only a phase change (or a deletion) needs a pass.
 _job_phases: dict[str, str] = {}
+# Job uid -> (namespace, sweep) of the owner it had when last seen: a Job whose ownerReference is then removed
+# names no sweep, yet its former owner must learn at once that the trial's Job is no longer its own (JobNotOwned).
+_job_owners: dict[str, tuple[str, str]] = {}
 
 
 class Invalid(Exception):
@@ -187,16 +193,21 @@ def sweep_deleted(namespace: str | None, name: str, **_: Any) -> None:
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's keyword
     metadata = ObjectMeta.of(body)
     owner = metadata.owner(KIND)
-    if owner is None:
-        return
-    phase = statuses.observe_job(body).phase
+    sweep = (metadata.namespace, owner.name) if owner is not None else _job_owners.get(metadata.uid)
+    if sweep is None:
+        return  # never this operator's sweep's (or disowned before this operator started: the timer sees to it)
+    _job_owners[metadata.uid] = sweep
+    # Losing the ownerReference counts as a change: the former owner reports the trial JobNotOwned at once, and
+    # launches it again when that Job is deleted.
+    phase = statuses.observe_job(body).phase + ("" if owner is not None else "/disowned")
     if type == "DELETED":
         _job_phases.pop(metadata.uid, None)
+        _job_owners.pop(metadata.uid, None)
     elif _job_phases.get(metadata.uid) == phase:
         return
     else:
         _job_phases[metadata.uid] = phase
-    reconcile(metadata.namespace, owner.name, "job")
+    reconcile(*sweep, "job")
 
 
 def _sweep_pass(namespace: str, name: str, trigger: str) -> None:

@@ -18,6 +18,7 @@ from operator_harness import (
     condition,
     events,
     get_sweep,
+    job_finished,
     learning_rates,
     list_jobs,
     list_pods,
@@ -37,8 +38,8 @@ HOSTILE = "a; rm -rf / && echo $(id) `id` | tee >/tmp/x 'q' \"dq\" \\ \n second 
 GROUP_NAME = "lr $(id); `x` 'q'"
 
 # A trial whose behaviour its learningRate chooses, as the trainer's would: 1e-3 succeeds (val_accuracy 1.0 when
-# its argv and group arrived verbatim, else 0.0), 0.3 exits 3 (dataset unusable), 0.4 exits 1 (retryable),
-# 0.5 sleeps past any deadline (a success first sleeps epochs x 0.5 s), 0.6 succeeds with a termination message past the kubelet's 4 KiB,
+# its argv and group arrived verbatim, else 0.0), 0.2 exits 2 (invalid configuration), 0.3 exits 3 (dataset unusable), 0.4 exits 1 (retryable),
+# (1e-3 also checks the strings in `fields` of behaviour_command), 0.5 sleeps past any deadline (a success first sleeps epochs x 0.5 s), 0.6 succeeds with a termination message past the kubelet's 4 KiB,
 # 0.7 runs until SIGTERM and then takes STOPPING_SECONDS to stop (a trainer finishing an upload), then exits 1.
 BEHAVIOUR = r"""
 import json, os, sys, time
@@ -47,6 +48,9 @@ rate = trial["training"]["learningRate"]
 path = os.environ["LORASWEEP_TERMINATION_LOG"]
 def summary(status, **fields):
     open(path, "w").write(json.dumps({"trial": trial["trial"], "status": status, **fields}))
+if rate == 0.2:
+    summary("Failed", reason="InvalidConfig", message="training.lora.rank: must be at least 1")
+    sys.exit(2)
 if rate == 0.3:
     summary("Failed", reason="DatasetUnusable", message="no clips of class sit_down")
     sys.exit(3)
@@ -72,7 +76,9 @@ if "--gate" in sys.argv:  # trial i (learningRate (i + 1) x 1e-4) finishes once 
     gate, index = sys.argv[sys.argv.index("--gate") + 1], round(rate / 1e-4) - 1
     while int(open(gate).read() or 0) <= index:
         time.sleep(0.05)
-verbatim = sys.argv[1:] == EXPECTED_ARGV and trial.get("group") in (None, "list", EXPECTED_GROUP)
+fields = [trial["model"]["name"], trial["dataset"]["source"], sorted(trial["dataset"]["classes"])]
+verbatim = (sys.argv[1:] == EXPECTED_ARGV and trial.get("group") in (None, "list", "baseline", EXPECTED_GROUP)
+            and EXPECTED_FIELDS in (None, fields))
 summary("Succeeded", metrics={"val_accuracy": 1.0 if verbatim else 0.0}, metrics_uri=trial["output"] + "metrics.json")
 """
 
@@ -80,9 +86,11 @@ summary("Succeeded", metrics={"val_accuracy": 1.0 if verbatim else 0.0}, metrics
 STOPPING_SECONDS = 15
 
 
-def behaviour_command(*argv: str) -> list[str]:
+def behaviour_command(*argv: str, fields: list[Any] | None = None) -> list[str]:
+    """The BEHAVIOUR trial with `argv`; `fields`: [model.name, dataset.source, sorted class names] it must see."""
     script = (
         f"EXPECTED_ARGV = {json.dumps(list(argv))}\nEXPECTED_GROUP = {json.dumps(GROUP_NAME)}\n"
+        f"EXPECTED_FIELDS = {fields!r}\n"
         f"STOPPING_SECONDS = {STOPPING_SECONDS}\n{BEHAVIOUR}"
     )
     return ["python", "-c", script, *argv]
@@ -105,8 +113,8 @@ def test_job_semantics_permanent_codes_backoff_deadline_ttl_and_an_oversized_mes
 ) -> None:
     argv = ("--note", HOSTILE)
     retry = sweep_manifest(
-        "retry", namespace, command=behaviour_command(*argv), parallelism=4, maxFailedTrials=10, backoffLimit=1,
-        search=learning_rates(1e-3, 0.3, 0.4, 0.6),
+        "retry", namespace, command=behaviour_command(*argv), parallelism=5, maxFailedTrials=10, backoffLimit=1,
+        search=learning_rates(1e-3, 0.2, 0.3, 0.4, 0.6),
     )  # fmt: skip
     deadline = sweep_manifest(
         "deadline", namespace, command=behaviour_command(*argv), activeDeadlineSeconds=3, maxFailedTrials=10,
@@ -117,11 +125,12 @@ def test_job_semantics_permanent_codes_backoff_deadline_ttl_and_an_oversized_mes
     status = wait_phase(cluster, namespace, "retry", ("Succeeded", "Failed"), timeout=240)["status"]
     rows = _rows(status)
     assert (rows[1e-3]["phase"], rows[1e-3]["objective"]) == ("Succeeded", 1.0), operator.log()  # verbatim
+    assert (rows[0.2]["phase"], rows[0.2]["reason"]) == ("Failed", "InvalidConfig")
     assert (rows[0.3]["phase"], rows[0.3]["reason"]) == ("Failed", "DatasetUnusable")
     assert (rows[0.4]["phase"], rows[0.4]["reason"]) == ("Failed", "Error")
     assert (rows[0.6]["phase"], rows[0.6]["reason"]) == ("Succeeded", RESULT_UNREADABLE)  # cut at 4 KiB
     pods = _pods_per_trial(cluster, namespace)
-    assert pods[rows[0.3]["id"]] == 1  # exit 3: never retried although backoffLimit is 1
+    assert pods[rows[0.2]["id"]] == pods[rows[0.3]["id"]] == 1  # exit 2, 3: never retried, though backoffLimit is 1
     assert pods[rows[0.4]["id"]] == 2  # exit 1: retried once, then backoffLimit is exhausted
 
     late = wait_phase(cluster, namespace, "deadline", ("Failed", "Succeeded"), timeout=120)["status"]
@@ -472,3 +481,65 @@ def test_a_trial_pod_retried_after_it_wrote_its_metrics_keeps_that_result(
     assert (job["status"].get("failed"), job["status"].get("succeeded")) == (1, 1)  # two attempts, one result
     logs = cluster.kubectl("logs", "-n", namespace, "-l", "lorasweep.dev/trial", "--tail=200", check=False).stdout
     assert "trial finished before, keeping its result" in logs, logs[-2000:]
+
+
+def test_shell_metacharacters_and_newlines_in_every_string_reach_the_trial_verbatim(
+    cluster: Any, namespace: str, operator: OperatorProcess
+) -> None:
+    source = "s3://bucket/clips $(id);\n`touch /tmp/x` 'q'/"
+    classes = {"sit; rm -rf / && echo $(id)\nnext": [8], "other `id` 'q' \"dq\"": "rest"}
+    model = HOSTILE[:500]
+    argv = ("--note", HOSTILE, "$(id)", "a\nb")
+    manifest = sweep_manifest(
+        "hostile", namespace, command=behaviour_command(*argv, fields=[model, source, sorted(classes)]),
+        parallelism=2, search={"groups": [{"name": GROUP_NAME, "values": [{"learningRate": 1e-3}]}]},
+        model={"name": model, "preset": "tiny"}, dataset={"source": source, "classes": classes},
+    )  # fmt: skip
+    assert apply(cluster, manifest).returncode == 0, apply(cluster, manifest).stderr
+    status = wait_phase(cluster, namespace, "hostile", ("Succeeded", "Failed"), timeout=180)["status"]
+    rows = {row["group"]: row for row in status["trials"]}
+    assert set(rows) == {"baseline", GROUP_NAME}  # the group name as written, in the status too
+    # 1.0: the trial saw its argv, group, model name, dataset source and class names exactly as written.
+    assert {group: row["objective"] for group, row in rows.items()} == {"baseline": 1.0, GROUP_NAME: 1.0}, rows
+    (job,) = [
+        j
+        for j in list_jobs(cluster, namespace)
+        if j["metadata"]["labels"]["lorasweep.dev/trial"] == rows[GROUP_NAME]["id"]
+    ]
+    assert job["metadata"]["annotations"]["lorasweep.dev/group"] == GROUP_NAME
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][3:] == list(argv)  # an argv, no shell
+
+
+def test_a_trial_job_whose_owner_reference_is_removed_is_reported_and_relaunched_once_deleted(
+    cluster: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.write_text("0")
+    manifest = sweep_manifest(
+        "disowned", namespace, command=behaviour_command("--gate", str(gate)), search=learning_rates(1e-4)
+    )
+    assert apply(cluster, manifest).returncode == 0
+    (job,) = wait_for("the trial's Job", lambda: list_jobs(cluster, namespace), timeout=60)
+    name = job["metadata"]["name"]
+    cluster.kubectl("patch", "job", name, "-n", namespace, "--type=json",
+                    "-p", '[{"op": "remove", "path": "/metadata/ownerReferences"}]')  # fmt: skip
+
+    def reported() -> dict[str, Any] | None:
+        rows = (get_sweep(cluster, namespace, "disowned").get("status") or {}).get("trials") or []
+        return rows[0] if rows and rows[0].get("reason") == "JobNotOwned" else None
+
+    # Documented: reported, not re-adopted (the operator never takes over a Job someone else may now own).
+    row = wait_for("the trial to say its Job is not the sweep's", reported, timeout=30, interval=0.5)
+    assert row["phase"] == "Pending" and name in row["message"] and "delete it" in row["message"]
+    gate.write_text("1")  # the orphan runs to its end, and still is not the sweep's result
+    wait_for("the orphan Job to finish", lambda: job_finished(list_jobs(cluster, namespace)[0]), timeout=60)
+    assert reported() is not None and get_sweep(cluster, namespace, "disowned")["status"]["counts"]["succeeded"] == 0
+    cluster.kubectl("delete", "job", name, "-n", namespace, "--cascade=foreground", "--wait=true")
+    status = wait_phase(cluster, namespace, "disowned", ("Succeeded",), timeout=120)["status"]
+    (again,) = list_jobs(cluster, namespace)
+    assert (
+        again["metadata"]["name"] == name
+        and again["metadata"]["ownerReferences"][0]["uid"]
+        == get_sweep(cluster, namespace, "disowned")["metadata"]["uid"]
+    )
+    assert status["counts"]["succeeded"] == 1 and status["trials"][0].get("reason") is None

@@ -537,3 +537,24 @@ def test_a_finished_or_deciding_job_is_never_suspended(decided: str) -> None:
     job = rendering.render_job(parse_spec(_spec()), "ns", "s", "uid-1", first)
     job["status"] = {"active": 1, "conditions": [{"type": decided, "status": "True"}]}
     assert statuses.suspensions(True, [job]) == []
+
+
+# --- Job events: a Job that loses its ownerReference still wakes its former sweep -----------------------------
+
+
+def test_a_job_losing_its_owner_reference_and_then_deleted_runs_passes_for_its_former_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    passes: list[tuple[str, str]] = []
+    monkeypatch.setattr(handlers, "reconcile", lambda namespace, name, trigger: passes.append((namespace, name)))
+    (first, *_) = _trials()
+    job = rendering.render_job(parse_spec(_spec()), "ns", "s", "uid-1", first)
+    job["metadata"]["uid"] = "job-uid"
+    job["status"] = {"active": 1}
+    disowned = {**job, "metadata": {**job["metadata"], "ownerReferences": []}}
+    stranger = {**disowned, "metadata": {**disowned["metadata"], "uid": "other-uid"}}
+    for body, kind in [(job, "MODIFIED"), (job, "MODIFIED"), (disowned, "MODIFIED"), (disowned, "MODIFIED"),
+                       (disowned, "DELETED"), (stranger, "MODIFIED")]:  # fmt: skip
+        handlers.job_event(body=body, type=kind)
+    # seen running; no change; ownerReference gone; no change; deleted; a Job never seen owned: nothing
+    assert passes == [("ns", "s"), ("ns", "s"), ("ns", "s")]
