@@ -534,7 +534,8 @@ def test_a_trial_job_whose_owner_reference_is_removed_is_reported_and_relaunched
     gate.write_text("1")  # the orphan runs to its end, and still is not the sweep's result
     wait_for("the orphan Job to finish", lambda: job_finished(list_jobs(cluster, namespace)[0]), timeout=60)
     assert reported() is not None and get_sweep(cluster, namespace, "disowned")["status"]["counts"]["succeeded"] == 0
-    cluster.kubectl("delete", "job", name, "-n", namespace, "--cascade=foreground", "--wait=true")
+    # As its message says, and as people do it: the default (background) deletion; its pod goes afterwards.
+    cluster.kubectl("delete", "job", name, "-n", namespace, "--wait=true")
     status = wait_phase(cluster, namespace, "disowned", ("Succeeded",), timeout=120)["status"]
     (again,) = list_jobs(cluster, namespace)
     assert (
