@@ -98,10 +98,6 @@ UPLOADER = """
 import sys
 from pathlib import Path
 from lorasweep_trainer import storage
-from lorasweep_trainer.config import SWEEP_UID_ENV, TrialConfig
-from lorasweep_trainer.results import TrialMetrics
-from lorasweep_trainer.synth import SynthSpec, write_dataset
-from reliability_cases import trial_metrics
 storage.MULTIPART_THRESHOLD = 5 * 1024 * 1024  # the smallest part S3 allows
 storage.upload_folder(Path(sys.argv[1]), sys.argv[2])
 """
