@@ -2,11 +2,13 @@
 kube-apiserver over TLS) and, request by request, forwards, answers with an error of its own, resets the
 connection, holds the request, or rewrites the real response. Faults are queued per matching request, so a test
 says exactly what goes wrong and counts what reached the server. Watches (``watch=true``) are relayed as they
-stream, chunk by chunk.
+stream, chunk by chunk; `FaultProxy.drop_watches` drops the ones open at that moment silently: the upstream
+connection is closed, the client's stays open and receives nothing more, as behind a proxy that lost the stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import socket
@@ -26,7 +28,8 @@ class Fault:
 
     method: str
     kind: str  # "status": answer `status` with `body`; "reset": RST instead of a reply; "hold": block until released;
-    # "rewrite": forward, then pass the real response's headers through `rewrite`
+    # "rewrite": forward, then pass the real response's headers through `rewrite`; "stall": forward (the server
+    # acts on it), then hold the reply until released and reset the connection (the client never hears back)
     status: int = 503
     body: bytes = b""
     headers: Headers = field(default_factory=dict)
@@ -49,6 +52,13 @@ def slow_down(method: str, **kwargs: object) -> Fault:
     return Fault(method, "status", status=503, body=SLOW_DOWN, headers={"Content-Type": "application/xml"}, **kwargs)  # type: ignore[arg-type]
 
 
+@dataclass
+class _Watch:
+    path: str
+    upstream: http.client.HTTPConnection
+    dropped: threading.Event = field(default_factory=threading.Event)
+
+
 class FaultProxy:
     """``with FaultProxy("http://127.0.0.1:PORT") as proxy:`` then point clients at ``proxy.url``."""
 
@@ -61,6 +71,8 @@ class FaultProxy:
         self.held = threading.Event()  # set when a "hold" fault has caught its request
         self.release = threading.Event()
         self._lock = threading.Lock()
+        self._watches: list[_Watch] = []
+        self._closing = threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -75,6 +87,13 @@ class FaultProxy:
                 fault = proxy._take(self.command, self.path)
                 if fault is not None and fault.kind == "reset":
                     # SO_LINGER 0: close() sends RST, what a dropped connection looks like to the client.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                if fault is not None and fault.kind == "stall":
+                    proxy._forward(self.command, self.path, dict(self.headers), body)
+                    proxy.held.set()
+                    proxy.release.wait(timeout=600)
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
                     return
@@ -106,6 +125,9 @@ class FaultProxy:
 
             def _relay(self, body: bytes) -> None:
                 connection = proxy._connect(timeout=None)
+                watch = _Watch(self.path, connection)
+                with proxy._lock:
+                    proxy._watches.append(watch)
                 try:
                     connection.request(self.command, self.path, body=body or None, headers=dict(self.headers))
                     response = connection.getresponse()
@@ -115,15 +137,20 @@ class FaultProxy:
                             self.send_header(key, value)
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
-                    while data := response.read1(65536):
+                    while (data := response.read1(65536)) and not watch.dropped.is_set():
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                         self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
+                    if not watch.dropped.is_set():
+                        self.wfile.write(b"0\r\n\r\n")
                 except (OSError, http.client.HTTPException):
                     pass  # either side went away (an operator killed, the server ending the watch, a test ending)
                 finally:
                     connection.close()
-                    self.close_connection = True
+                    with proxy._lock:
+                        proxy._watches.remove(watch)
+                if watch.dropped.is_set():
+                    proxy._closing.wait()  # the client's connection stays open, silent, until the proxy ends
+                self.close_connection = True
 
             do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _any  # noqa: N815 - http.server's names
 
@@ -135,6 +162,17 @@ class FaultProxy:
     def add(self, *faults: Fault) -> None:
         with self._lock:
             self.faults.extend(faults)
+
+    def drop_watches(self, path: str = "") -> int:
+        """Drop every watch open now whose path holds `path`, silently; returns how many. Later ones pass."""
+        with self._lock:
+            found = [watch for watch in self._watches if path in urllib.parse.urlsplit(watch.path).path]
+        for watch in found:
+            watch.dropped.set()
+            if watch.upstream.sock is not None:  # wakes the relay blocked on its read
+                with contextlib.suppress(OSError):
+                    watch.upstream.sock.shutdown(socket.SHUT_RDWR)
+        return len(found)
 
     def count(self, method: str, query: str = "", path: str = "") -> int:
         with self._lock:
@@ -168,5 +206,6 @@ class FaultProxy:
 
     def __exit__(self, *_: object) -> None:
         self.release.set()
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()

@@ -4,7 +4,10 @@ Every trigger (a sweep created, resumed or edited; a trial Job changing phase; a
 level-triggered pass for that sweep: read the sweep and its Jobs, plan (pure), launch what is missing
 (idempotent: deterministic Job names, 409 means done; a name held by a Job this sweep does not own is
 reported on the trial as JobNotOwned), aggregate the status (pure), write it when it changed. A trial Job
-deleted before it finished is created again; one deleted after is not (its outcome is recorded). Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
+deleted before it finished is created again; one deleted after is not (its outcome is recorded). spec.suspend
+suspends the unfinished Jobs and resuming unsuspends those it suspended (statuses.suspensions). A Job that loses
+its ownerReference wakes its former sweep at once (its trial shows JobNotOwned) and again when it is deleted.
+Passes for one sweep never overlap, and a burst of triggers collapses into one pass.
 
 Once the sweep has finished, the same pass sees to its report: written by the operator itself when it was
 started with `--write-reports` (its pod can reach spec.storage.output), else by one report Job that runs
@@ -30,6 +33,7 @@ from lorasweep_operator import policy as policies
 from lorasweep_operator import preparation as preparations
 from lorasweep_operator import status as statuses
 from lorasweep_operator import tracking as trackings
+from lorasweep_operator.commands.operator import DEFAULT_WATCH_INACTIVITY_TIMEOUT, DEFAULT_WATCH_SERVER_TIMEOUT
 from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
 from lorasweep_operator.report import REPORT_FILE
 from lorasweep_operator.spec import (
@@ -67,6 +71,10 @@ class Settings:
     policy: policies.JobPolicy = field(default_factory=policies.JobPolicy)
     # Where trial pods reach the progress endpoint (spec.earlyStopping); None: no early stopping.
     progress_url: str | None = None
+    # kopf's watches (--watch-inactivity-timeout, --watch-server-timeout): a stream silent for the first is
+    # reopened from its last resourceVersion; the API server ends each one after the second.
+    watch_inactivity_timeout: float = DEFAULT_WATCH_INACTIVITY_TIMEOUT
+    watch_server_timeout: int = DEFAULT_WATCH_SERVER_TIMEOUT  # whole seconds: the API's timeoutSeconds
 
 
 SETTINGS = Settings()
@@ -100,6 +108,9 @@ class Coalescer:
 COALESCER = Coalescer()
 # Job uid -> the trial phase last seen; only a phase change (or a deletion) needs a pass.
 _job_phases: dict[str, str] = {}
+# Job uid -> (namespace, sweep) of the owner it had when last seen: a Job whose ownerReference is then removed
+# names no sweep, yet its former owner must learn at once that the trial's Job is no longer its own (JobNotOwned).
+_job_owners: dict[str, tuple[str, str]] = {}
 
 
 class Invalid(Exception):
@@ -141,6 +152,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
+    settings.watching.inactivity_timeout = SETTINGS.watch_inactivity_timeout
+    settings.watching.server_timeout = SETTINGS.watch_server_timeout
+    # The client gives up a little after the server should have ended the stream.
+    settings.watching.client_timeout = SETTINGS.watch_server_timeout + 60
     _kube()
 
 
@@ -179,16 +194,21 @@ def sweep_deleted(namespace: str | None, name: str, **_: Any) -> None:
 def job_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's keyword
     metadata = ObjectMeta.of(body)
     owner = metadata.owner(KIND)
-    if owner is None:
-        return
-    phase = statuses.observe_job(body).phase
+    sweep = (metadata.namespace, owner.name) if owner is not None else _job_owners.get(metadata.uid)
+    if sweep is None:
+        return  # never this operator's sweep's (or disowned before this operator started: the timer sees to it)
+    _job_owners[metadata.uid] = sweep
+    # Losing the ownerReference counts as a change: the former owner reports the trial JobNotOwned at once, and
+    # launches it again when that Job is deleted.
+    phase = statuses.observe_job(body).phase + ("" if owner is not None else "/disowned")
     if type == "DELETED":
         _job_phases.pop(metadata.uid, None)
+        _job_owners.pop(metadata.uid, None)
     elif _job_phases.get(metadata.uid) == phase:
         return
     else:
         _job_phases[metadata.uid] = phase
-    reconcile(metadata.namespace, owner.name, "job")
+    reconcile(*sweep, "job")
 
 
 def _sweep_pass(namespace: str, name: str, trigger: str) -> None:
@@ -293,6 +313,7 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
     jobs: list[statuses.ObservedJob] = []
     others: dict[str, statuses.ObservedJob] = {}  # the report and preparation Jobs, by name
     bodies: list[dict[str, Any]] = []  # the trial Jobs as the API returned them (search.optimize's history)
+    children: list[dict[str, Any]] = []  # the Jobs spec.suspend applies to: trials and the preparation
     for job in kube.list_jobs(namespace, rendering.sweep_selector(name)):
         if ObjectMeta.of(job).owned_by(current.uid):
             if rendering.component(job) in (rendering.REPORT_COMPONENT, preparations.COMPONENT):
@@ -301,7 +322,10 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
             else:
                 jobs.extend(statuses.observe_jobs(job))
                 bodies.append(job)
+            if rendering.component(job) != rendering.REPORT_COMPONENT:
+                children.append(job)
     report_job = others.get(rendering.report_job_name(name, current.uid))
+    _suspend(kube, current, spec.suspend, children)
     pods = _Pods(kube, namespace, rendering.sweep_selector(name))
     if any(job.terminal and job.trial not in current.previous.outcomes for job in jobs):
         jobs = statuses.with_summaries(jobs, statuses.summaries_by_trial(pods.get()))
@@ -383,6 +407,26 @@ def run_pass(kube: Kube, namespace: str, name: str) -> LoraSweepStatus | None:
         written,
     )
     return new
+
+
+def _suspend(kube: Kube, current: Pass, suspend: bool, jobs: list[dict[str, Any]]) -> None:
+    """spec.suspend on the unfinished Jobs (statuses.suspensions). A Job that finished or went away meanwhile is
+    no error: the next pass sees it as it is."""
+    patches = statuses.suspensions(suspend, jobs)
+    for job, patch in patches:
+        try:
+            kube.patch_job(current.namespace, job, patch)
+        except ApiError as error:
+            if error.transient:
+                raise
+            log.warning("job not suspended namespace=%s job=%s error=%s", current.namespace, job, error)
+            continue
+        log.info("job %s namespace=%s sweep=%s job=%s", "suspended" if suspend else "resumed",
+                 current.namespace, current.name, job)  # fmt: skip
+    if patches:
+        names = ", ".join(job for job, _ in patches[:10]) + (" ..." if len(patches) > 10 else "")
+        what, reason = ("suspended", "TrialsSuspended") if suspend else ("resumed", "TrialsResumed")
+        current.events.append(statuses.Event("Normal", reason, f"{what} {len(patches)} Jobs: {names}"))
 
 
 def _render_trial_job(

@@ -29,6 +29,7 @@ from lorasweep_trainer.config import (
     PERMANENT_EXIT_CODES,
     PREPARE_ENV,
     REPORT_FOLDER,
+    SWEEP_UID_ENV,
     TERMINATION_LOG_ENV,
     TRACKING_ENV,
     TRIAL_ENV,
@@ -51,6 +52,8 @@ TRIALS_ANNOTATION = "lorasweep.dev/trials"  # a pack's members, in order
 PROGRESS_ANNOTATION = "lorasweep.dev/progress"
 EARLY_STOPPING_ANNOTATION = "lorasweep.dev/early-stopping"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# On a running Job that spec.suspend suspended: resuming the sweep unsuspends only Jobs that carry it.
+SUSPENDED_ANNOTATION = "lorasweep.dev/suspended-by-sweep"
 APP_LABELS = {
     "app.kubernetes.io/name": "lorasweep",
     "app.kubernetes.io/component": "trial",
@@ -299,6 +302,8 @@ def render_job(
     config = _trial_config(spec, namespace, sweep, sweep_uid, trial, weights, parent_run_id)
     env = [
         {"name": TRIAL_ENV, "value": config.model_dump_json(by_alias=True)},
+        # Whose result a metrics.json already under the trial's output is: a retried pod keeps this sweep's.
+        {"name": SWEEP_UID_ENV, "value": sweep_uid},
         *_storage_env(spec),
         *trackings.credential_env(spec),
     ]

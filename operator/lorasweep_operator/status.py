@@ -31,8 +31,10 @@ from lorasweep_operator.rendering import (
     CONTAINER,
     EARLY_STOPPING_ANNOTATION,
     INDEX_ANNOTATION,
+    KUEUE_QUEUE_LABEL,
     PROGRESS_ANNOTATION,
     REPORT_CONTAINER,
+    SUSPENDED_ANNOTATION,
     TRIAL_LABEL,
     TRIALS_ANNOTATION,
     is_report,
@@ -70,6 +72,7 @@ SUSPENDED = "Suspended"
 COMPLETE = "Complete"
 FAILED = "Failed"
 REPORT_WRITTEN = "ReportWritten"
+SUSPENDED_MESSAGE = "the trial's Job is suspended (spec.suspend, or a queue that has not admitted it yet)"
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,15 @@ def observe_job(job: Mapping[str, Any]) -> ObservedJob:
             message=_clip(failed.get("message")),
             completion_time=failed.get("lastTransitionTime"),
         )
-    running = (status.get("active") or 0) > 0 and not (job.get("spec") or {}).get("suspend")
+    if (job.get("spec") or {}).get("suspend"):
+        return replace(seen, phase="Pending", reason=SUSPENDED, message=SUSPENDED_MESSAGE)
+    # FailureTarget (or SuccessCriteriaMet): the Job controller has decided, but Failed (Complete) waits until
+    # the pods have stopped, and a pod that is still stopping may yet leave its termination message. Until then
+    # the trial is not finished; it runs, as do pods that are terminating (`active` no longer counts them).
+    if (deciding := _condition(status, "FailureTarget") or _condition(status, "SuccessCriteriaMet")) is not None:
+        why = f"the Job controller ended the Job ({deciding.get('reason') or deciding.get('type')}); its pods are stopping"
+        return replace(seen, phase="Running", reason=str(deciding.get("type")), message=_clip(why))
+    running = (status.get("active") or 0) > 0 or (status.get("terminating") or 0) > 0
     return replace(seen, phase="Running" if running else "Pending")
 
 
@@ -266,6 +277,38 @@ def unreadable_results(jobs: Sequence[ObservedJob], previous: LoraSweepStatus) -
 
 
 # --- launching ----------------------------------------------------------------------------------------------
+
+# The Job controller's conditions that end a Job or decide its end; a Job with one of them is left alone.
+_DECIDED = ("Complete", "Failed", "FailureTarget", "SuccessCriteriaMet")
+
+
+def suspensions(suspend: bool, jobs: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """spec.suspend applied to the sweep's unfinished Jobs (trials, preparation), as (Job name, merge patch).
+
+    Suspended: every unfinished Job that is not suspended yet; the Job controller then stops its pods (not counted
+    as failures) and the trial restarts from its beginning on resume. Each is marked (`SUSPENDED_ANNOTATION`), so
+    resuming unsuspends only what the sweep suspended: a Job created suspended for Kueue stays Kueue's to admit,
+    and a queued Job the sweep suspended goes back to Kueue suspended (Kueue starts it when it admits it again).
+    Finished Jobs are never touched: their results are recorded."""
+    patches = []
+    for job in jobs:
+        status = job.get("status") or {}
+        if any(_condition(status, kind) for kind in _DECIDED):
+            continue
+        metadata = job.get("metadata") or {}
+        name = str(metadata.get("name", ""))
+        suspended = bool((job.get("spec") or {}).get("suspend"))
+        ours = SUSPENDED_ANNOTATION in (metadata.get("annotations") or {})
+        if suspend and not suspended:
+            patches.append(
+                (name, {"metadata": {"annotations": {SUSPENDED_ANNOTATION: "true"}}, "spec": {"suspend": True}})
+            )
+        elif not suspend and ours:
+            patch: dict[str, Any] = {"metadata": {"annotations": {SUSPENDED_ANNOTATION: None}}}
+            if KUEUE_QUEUE_LABEL not in (metadata.get("labels") or {}):
+                patch["spec"] = {"suspend": False}
+            patches.append((name, patch))
+    return patches
 
 
 def launches(
@@ -695,7 +738,12 @@ def _phase(spec: LoraSweepSpec, counts: TrialCounts) -> tuple[SweepPhase, str, s
     if counts.succeeded + counts.failed + counts.stopped == counts.total:
         return "Succeeded", "AllTrialsFinished", tally
     if spec.suspend:
-        return "Suspended", "SuspendedBySpec", f"{tally}, {counts.running} running; launching is paused (spec.suspend)"
+        return (
+            "Suspended",
+            "SuspendedBySpec",
+            f"{tally}, {counts.running} running; no trial is launched and the unfinished trials' Jobs are suspended "
+            "(spec.suspend); they run again from their start when it is set to false",
+        )
     detail = f"{tally}, {counts.running} running, {counts.pending} pending"
     if counts.running or counts.succeeded or counts.failed or counts.stopped:
         return "Running", "TrialsRunning", detail

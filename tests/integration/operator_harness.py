@@ -118,11 +118,19 @@ def bind_operator(cluster: Any, namespace: str) -> None:
 class OperatorProcess:
     """`lorasweep operator --namespace NS` with the ServiceAccount's kubeconfig; restartable, killable."""
 
-    def __init__(self, namespace: str, kubeconfig: Path, log_dir: Path, policy: tuple[str, ...] = TEST_POLICY) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        kubeconfig: Path,
+        log_dir: Path,
+        policy: tuple[str, ...] = TEST_POLICY,
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.namespace = namespace
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.policy = policy
+        self.options = options  # more `lorasweep operator` flags
         self.metrics_port, self.health_port, self.progress_port = free_ports(3)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -133,7 +141,7 @@ class OperatorProcess:
         argv = [
             str(LORASWEEP), "-v", "operator", "--namespace", self.namespace,
             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), *self.policy,
-            "--progress-port", str(self.progress_port), "--progress-url", self.progress_url,
+            "--progress-port", str(self.progress_port), "--progress-url", self.progress_url, *self.options,
         ]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

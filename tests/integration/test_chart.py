@@ -145,6 +145,7 @@ def test_operator_deployment(render: Render) -> None:
     args = cli.build_parser().parse_args([*container["command"][1:], *container["args"]])
     assert args.command == "operator"
     assert (args.metrics_port, args.health_port, args.all_namespaces) == (8080, 8081, True)
+    assert (args.watch_inactivity_timeout, args.watch_server_timeout) == (70, 600)  # operator.watch.*
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     # Pod Security "restricted", field by field (the API server check is in test_chart_cluster.py).
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -268,6 +269,7 @@ def test_schema_accepts_the_defaults_and_every_ci_file() -> None:
         ("policy.pod.envSources={fieldRef}", "/policy/pod/envSources/0"),
         ("policy.pod.allowedLabels={not a key}", "/policy/pod/allowedLabels/0"),
         ("policy.pod.allowedClaims={Not_A_Claim}", "/policy/pod/allowedClaims/0"),
+        ("operator.watch.serverTimeoutSeconds=0", "/operator/watch/serverTimeoutSeconds"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_readable_message(helm: Path, setting: str, complaint: str) -> None:

@@ -34,7 +34,7 @@ def test_operator_account_has_what_it_uses_and_nothing_else(
         ("create", "jobs.batch", ""),
         ("list", "jobs.batch", ""),
         ("get", "jobs.batch", ""),  # early stopping: a trial's epochs and rung decisions on its Job,
-        ("patch", "jobs.batch", ""),  # and its deadline cut to end it
+        ("patch", "jobs.batch", ""),  # and its deadline cut to end it; spec.suspend on unfinished Jobs
         ("list", "pods", ""),
         ("get", "pods", ""),  # the pod behind a progress report
         ("create", "events", ""),

@@ -1,15 +1,18 @@
 """Storage faults against the S3-protocol server (moto over HTTP), through a fault proxy in front of it: throttling
 and dropped connections are retried with backoff, a checksum mismatch retries the write, an ETag that is no MD5
-(SSE-KMS, SSE-C) is no error, and a trainer killed mid-upload leaves no partial object under a final key."""
+(SSE-KMS, SSE-C) is no error, a trainer killed mid-upload leaves no partial object under a final key, and a second
+attempt of a finished trial (retried, or run twice at once) keeps the first result."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,10 @@ import pytest
 from fault_proxy import Fault, FaultProxy, slow_down
 from fixtures_cluster import wait_for
 from lorasweep_trainer import storage
+from lorasweep_trainer.config import SWEEP_UID_ENV, TrialConfig
+from lorasweep_trainer.results import TrialMetrics
+from lorasweep_trainer.synth import SynthSpec, write_dataset
+from reliability_cases import trial_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -124,3 +131,93 @@ def test_killed_mid_upload_leaves_no_partial_object_and_the_retry_writes_the_sam
     ]
     body = s3_server.client().get_object(Bucket=s3_bucket, Key="ns/sweep/trials/t1/adapter/adapter_model.safetensors")
     assert body["Body"].read() == (work / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+# --- a second attempt of a finished trial keeps the first result -------------------------------------------------
+
+
+def test_a_conditional_write_never_replaces_an_object(proxy: FaultProxy, s3_bucket: str, tmp_path: Path) -> None:
+    for uri in (f"s3://{s3_bucket}/t/metrics.json", str(tmp_path / "t" / "metrics.json")):
+        assert storage.write_bytes(uri, b"first", if_absent=True) is True
+        assert storage.write_bytes(uri, b"second", if_absent=True) is False
+        assert storage.read_bytes(uri) == b"first"
+        assert storage.write_bytes(uri, b"third") is True  # unconditional: replaced
+        assert storage.read_bytes(uri) == b"third"
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["metrics.json"]  # no temporary file left
+
+
+def test_two_attempts_of_one_trial_at_once_keep_the_result_written_first(
+    proxy: FaultProxy, s3_server: Any, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lorasweep_trainer import train  # torch: imported here only
+
+    monkeypatch.setenv(SWEEP_UID_ENV, "uid-1")
+    output = f"s3://{s3_bucket}/ns/s/trials/t1/"
+    cfg = TrialConfig(sweep="s", trial="t1", dataset={"source": f"s3://{s3_bucket}/clips/"}, output=output)
+    work = tmp_path / "work"
+    (work / "adapter").mkdir(parents=True)
+    (work / "adapter" / "adapter_model.safetensors").write_bytes(b"ours")
+    ours, theirs = trial_metrics("t1", 0.4, sweep_uid="uid-1"), trial_metrics("t1", 0.9, sweep_uid="uid-1")
+    proxy.add(Fault("PUT", "hold", path="adapter_model"))  # this attempt is slow to upload its adapter ...
+    results: list[tuple[TrialMetrics, str]] = []
+    slow = threading.Thread(target=lambda: results.append(train.publish(work, cfg, ours)))
+    slow.start()
+    try:
+        wait_for("the upload to start", proxy.held.is_set, timeout=60, interval=0.05)
+        # ... meanwhile the other attempt finished and wrote its metrics.json
+        storage.write_bytes(output + "metrics.json", theirs.to_json().encode())
+    finally:
+        proxy.release.set()
+        slow.join(timeout=120)
+    ((kept, uri),) = results
+    assert uri == output + "metrics.json" and kept.val_accuracy == 0.9  # what this attempt reports: theirs
+    stored = TrialMetrics.model_validate_json(storage.read_bytes(uri))
+    assert stored.val_accuracy == 0.9  # the conditional write did not replace it
+    assert proxy.count("PUT", path="metrics.json") == 2  # theirs, and ours refused
+
+
+def _train(document: dict[str, Any], uid: str, termination: Path) -> subprocess.CompletedProcess[str]:
+    """`lorasweep-trainer train` as a trial pod runs it (with the proxy's endpoint from the environment)."""
+    env = {**os.environ, "LORASWEEP_TRIAL": json.dumps(document), SWEEP_UID_ENV: uid,
+           "LORASWEEP_TERMINATION_LOG": str(termination)}  # fmt: skip
+    command = [sys.executable, "-m", "lorasweep_trainer.cli", "train"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _objects(s3_server: Any, bucket: str, prefix: str) -> dict[str, tuple[str, Any]]:
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {item["Key"]: (item["ETag"], item["LastModified"]) for item in listed}
+
+
+def test_a_second_attempt_of_a_finished_trial_keeps_its_result_but_not_one_of_a_recreated_sweep(
+    proxy: FaultProxy, s3_server: Any, s3_bucket: str, tmp_path: Path
+) -> None:
+    write_dataset(SynthSpec(actions=(8, 9, 23), clips_per_action=4, frames=4), f"s3://{s3_bucket}/clips/")
+    prefix = "sweeps/ns/tiny/trials/t-0/"
+    document = {
+        "namespace": "ns", "sweep": "tiny", "trial": "t-0", "model": {"preset": "tiny", "framesPerClip": 4},
+        "dataset": {"source": f"s3://{s3_bucket}/clips/", "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},
+                    "videosPerClass": 4, "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        "training": {"epochs": 1, "batchSize": 2, "lora": {"rank": 4, "alpha": 8}},
+        "output": f"s3://{s3_bucket}/{prefix}", "metricsPort": 0, "ioThreads": 1,
+    }  # fmt: skip
+    # Left by a sweep of the same name that was deleted and created again (another uid): not this sweep's result.
+    stale = trial_metrics("t-0", 0.123, sweep="tiny", sweep_uid="uid-0")
+    storage.write_bytes(f"s3://{s3_bucket}/{prefix}metrics.json", stale.to_json().encode())
+    first = _train(document, "uid-1", tmp_path / "first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "trial finished before" not in first.stderr  # trained, and replaced the stale one
+    recorded = s3_server.client().get_object(Bucket=s3_bucket, Key=prefix + "metrics.json")["Body"].read()
+    assert TrialMetrics.model_validate_json(recorded).sweep_uid == "uid-1"
+    objects = _objects(s3_server, s3_bucket, prefix)
+    assert {prefix + "metrics.json", prefix + "adapter/adapter_model.safetensors"} <= set(objects)
+
+    # The pod retried after metrics.json was written (its predecessor died before exiting 0), or the trial
+    # started again: the first result stands, nothing is trained or uploaded again.
+    puts = proxy.count("PUT")
+    again = _train(document, "uid-1", tmp_path / "again")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trial finished before, keeping its result" in again.stderr
+    assert (tmp_path / "again").read_text() == (tmp_path / "first").read_text()  # the same summary
+    assert proxy.count("PUT") == puts and _objects(s3_server, s3_bucket, prefix) == objects
+    assert s3_server.client().get_object(Bucket=s3_bucket, Key=prefix + "metrics.json")["Body"].read() == recorded

@@ -20,8 +20,8 @@ from lorasweep_operator import status as statuses
 from lorasweep_operator.kube import ApiError, Kube
 from lorasweep_operator.spec import API_VERSION, KIND, LoraSweepStatus, TrainingConfig, parse_spec
 from lorasweep_trainer.config import TERMINATION_MESSAGE_LIMIT, trial_output
-from lorasweep_trainer.results import TerminationSummary, TrialMetrics
-from reliability_cases import finished_status
+from lorasweep_trainer.results import TerminationSummary
+from reliability_cases import finished_status, trial_metrics
 from reliability_cases import spec as _spec
 from reliability_cases import succeeded as _succeeded
 
@@ -75,6 +75,7 @@ class FakeApi(Kube):
         self.events: list[dict[str, Any]] = []
         self.creates: list[str] = []
         self.create_errors: list[int] = []  # codes the next creates answer with
+        self.patches: list[tuple[str, dict[str, Any]]] = []  # (Job, merge patch) in order
 
     def add_sweep(self, name: str, spec: dict[str, Any], uid: str = "uid-1") -> None:
         metadata = {"name": name, "namespace": "ns", "uid": uid, "generation": 1}
@@ -113,6 +114,11 @@ class FakeApi(Kube):
         if resource == "events":
             self.events.append(body)
             return body
+        if resource == "jobs" and method == "PATCH":
+            assert content_type == "application/merge-patch+json"
+            self.patches.append((name, copy.deepcopy(body)))
+            self.jobs[name] = _merge(self.jobs[name], body)
+            return copy.deepcopy(self.jobs[name])
         raise AssertionError(f"unexpected request {method} {path}")
 
     def finish(self, job: str, message: str | None, phase: str = "Complete", last_state: bool = False) -> None:
@@ -131,6 +137,19 @@ class FakeApi(Kube):
         self.pods.append(
             {"metadata": {"labels": labels}, "status": {"containerStatuses": [{"name": "trainer", **states}]}}
         )
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged.get(key), value)
+    return merged
 
 
 def settings(write_reports: bool = False) -> handlers.Settings:
@@ -227,36 +246,6 @@ def test_a_succeeded_trial_without_a_readable_result_says_so(api: FakeApi, messa
     assert row.message is not None and "metrics.json" in row.message
 
 
-def _metrics(trial: str, accuracy: float) -> TrialMetrics:
-    params = {"learning_rate": 1e-4, "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.1, "epochs": 5,
-              "batch_size": 1, "gradient_accumulation_steps": 4, "weight_decay": 0.01, "frames_per_clip": 8, "seed": 42}  # fmt: skip
-    return TrialMetrics.model_validate(
-        {
-            "sweep": "s",
-            "trial": trial,
-            "params": params,
-            "classes": ["a", "b"],
-            "dataset": {"videos_per_class": 2, "train": 2, "val": 1, "test": 1},
-            "epochs": [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.5, "val_accuracy": accuracy}],
-            "best_epoch": 1,
-            "train_accuracy": 0.5,
-            "val_accuracy": accuracy,
-            "test_accuracy": 0.5,
-            "per_class": {},
-            "confusion_matrix": [[1, 0], [0, 1]],
-            "trainable_parameters": 1,
-            "total_parameters": 2,
-            "inference_ms_per_video": 1.0,
-            "train_seconds": 1.0,
-            "git_commit": "0" * 40,
-            "model": "tiny",
-            "device": "cpu",
-            "started_at": "t0",
-            "finished_at": "t1",
-        }  # fmt: skip
-    )
-
-
 def test_with_write_reports_an_unreadable_result_is_recovered_from_metrics_json(
     api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,7 +255,7 @@ def test_with_write_reports_an_unreadable_result_is_recovered_from_metrics_json(
     handlers.run_pass(api, "ns", "s")
     folder = Path(trial_output(str(tmp_path) + "/", "ns", "s", first.id))
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(_metrics(first.id, 0.8).to_json())
+    (folder / "metrics.json").write_text(trial_metrics(first.id, 0.8).to_json())
     api.finish(first.job_name, _truncated(first.id))
     api.finish(second.job_name, None)  # no metrics.json either: stays unreadable
     handlers.run_pass(api, "ns", "s")
@@ -402,3 +391,170 @@ def test_a_burst_longer_than_the_attempts_reaches_the_caller(no_backoff: list[fl
     assert error.value.transient and len(api.calls) == kube.ATTEMPTS
     gone = FlakyApi((404, None))
     assert gone.get_sweep("ns", "s") is None and gone.calls == ["get"]  # not retried
+
+
+# --- Job conditions: FailureTarget before Failed -------------------------------------------------------------------
+
+NOW = "2025-01-01T00:00:00Z"
+
+
+def _failing_job(trial: planning.PlannedTrial, *conditions: str, terminating: int = 1) -> dict[str, Any]:
+    """A trial Job as the Job controller leaves it when its deadline passed: FailureTarget at once (its pod told to
+    stop), Failed only once the pod has stopped. `conditions` in the order the Job lists them."""
+    found = {
+        "FailureTarget": {"type": "FailureTarget", "status": "True", "reason": "DeadlineExceeded",
+                          "message": "Job was active longer than specified deadline"},
+        "Failed": {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                   "message": "Job was active longer than specified deadline", "lastTransitionTime": NOW},
+    }  # fmt: skip
+    status: dict[str, Any] = {"startTime": NOW, "active": 0, "conditions": [found[kind] for kind in conditions]}
+    if "Failed" not in conditions:
+        status["terminating"] = terminating
+    labels = {rendering.TRIAL_LABEL: trial.id}
+    return {"metadata": {"name": trial.job_name, "labels": labels}, "spec": {}, "status": status}
+
+
+@pytest.mark.parametrize("order", [("FailureTarget", "Failed"), ("Failed", "FailureTarget")])
+def test_a_job_is_failed_only_once_failed_whatever_the_order_of_its_conditions(order: tuple[str, str]) -> None:
+    (trial, *_) = _trials()
+    observed = statuses.observe_job(_failing_job(trial, *order))
+    assert (observed.phase, observed.reason, observed.terminal) == ("Failed", "DeadlineExceeded", True)
+
+
+@pytest.mark.parametrize("terminating", [0, 1])
+def test_failure_target_alone_does_not_finish_the_trial_or_the_sweep(terminating: int) -> None:
+    spec = parse_spec(_spec(search={"list": [{"learningRate": 1e-4}]}, maxFailedTrials=0))
+    (trial,) = planning.plan(spec, "s")
+    failing = statuses.observe_job(_failing_job(trial, "FailureTarget", terminating=terminating))
+    assert (failing.phase, failing.reason, failing.terminal) == ("Running", "FailureTarget", False)
+    assert failing.message is not None and "DeadlineExceeded" in failing.message
+    result = statuses.aggregate(spec, [trial], [failing], LoraSweepStatus(), 1, NOW)
+    assert result.status.phase == "Running" and result.status.completion_time is None
+    assert result.status.outcomes == {} and result.status.counts.failed == 0
+    assert [event.reason for event in result.events] == []  # no TrialFailed, no TooManyFailedTrials yet
+    assert statuses.launches(spec, [trial], [failing], result.status) == []  # and nothing launched in its place
+    # Once the pod has stopped, Failed: now the trial and the sweep are finished.
+    failed = statuses.observe_job(_failing_job(trial, "FailureTarget", "Failed"))
+    done = statuses.aggregate(spec, [trial], [failed], result.status, 1, NOW)
+    assert done.status.phase == "Failed" and done.status.outcomes[trial.id].phase == "Failed"
+    assert done.status.trials[0].reason == "DeadlineExceeded"
+
+
+# --- watches: the inactivity and server timeouts are the operator's flags ---------------------------------------
+
+
+def test_the_watch_timeouts_are_flags_that_reach_kopf(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from lorasweep_operator import cli
+
+    args = cli.build_parser().parse_args(
+        ["operator", "--watch-inactivity-timeout", "7.5", "--watch-server-timeout", "120"]
+    )
+    assert (args.watch_inactivity_timeout, args.watch_server_timeout) == (7.5, 120)
+    defaults = cli.build_parser().parse_args(["operator"])
+    assert (defaults.watch_inactivity_timeout, defaults.watch_server_timeout) == (70, 600)
+    for bad in (
+        ["--watch-inactivity-timeout", "0"],
+        ["--watch-server-timeout", "1.5"],
+        ["--watch-server-timeout", "x"],
+    ):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["operator", *bad])
+    chosen = handlers.Settings(kube=FakeApi(), watch_inactivity_timeout=7.5, watch_server_timeout=120)
+    monkeypatch.setattr(handlers, "SETTINGS", chosen)
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    assert (settings.watching.inactivity_timeout, settings.watching.server_timeout) == (7.5, 120)
+    assert settings.watching.client_timeout is not None and settings.watching.client_timeout > 120
+
+
+# --- spec.suspend suspends the running trial Jobs, and resuming unsuspends them --------------------------------
+
+
+def _suspended(api: FakeApi, job: str) -> bool:
+    return bool(api.jobs[job]["spec"].get("suspend"))
+
+
+def _set_suspend(api: FakeApi, value: bool) -> None:
+    api.sweeps["s"]["spec"] = {**api.sweeps["s"]["spec"], "suspend": value}
+    api.sweeps["s"]["metadata"]["generation"] += 1
+
+
+def test_suspend_suspends_the_running_trial_jobs_and_resume_unsuspends_them(api: FakeApi) -> None:
+    first, second, third = _trials()
+    handlers.run_pass(api, "ns", "s")
+    api.finish(first.job_name, _succeeded(first.id, 0.5))
+    handlers.run_pass(api, "ns", "s")  # the third trial is launched in the first one's place
+    for name in (second.job_name, third.job_name):
+        api.jobs[name]["status"] = {"startTime": NOW, "active": 1}
+    recorded = _status(api).outcomes[first.id]
+
+    _set_suspend(api, True)
+    handlers.run_pass(api, "ns", "s")
+    assert [job for job, _ in api.patches] == [second.job_name, third.job_name]  # not the finished one
+    assert _suspended(api, second.job_name) and _suspended(api, third.job_name)
+    assert not _suspended(api, first.job_name)
+    for name in (second.job_name, third.job_name):  # the Job controller stops the pods
+        api.jobs[name]["status"] = {"startTime": NOW, "active": 0}
+    handlers.run_pass(api, "ns", "s")
+    status = _status(api)
+    assert status.phase == "Suspended" and status.condition(statuses.SUSPENDED).status == "True"
+    rows = {row.id: row for row in status.trials}
+    assert (rows[second.id].phase, rows[second.id].reason) == ("Pending", statuses.SUSPENDED)
+    assert status.outcomes[first.id] == recorded and rows[first.id].objective == 0.5  # kept
+    assert len(api.patches) == 2 and len(api.creates) == 3  # nothing patched twice, nothing new
+    assert [e["reason"] for e in api.events].count("TrialsSuspended") == 1
+
+    _set_suspend(api, False)
+    handlers.run_pass(api, "ns", "s")
+    assert not _suspended(api, second.job_name) and not _suspended(api, third.job_name)
+    assert rendering.SUSPENDED_ANNOTATION not in api.jobs[second.job_name]["metadata"]["annotations"]
+    assert api.creates == [first.job_name, second.job_name, third.job_name]  # no duplicate Job
+    assert _status(api).phase == "Running" and _status(api).outcomes[first.id] == recorded
+
+
+def test_resume_leaves_a_job_suspended_for_kueue_to_kueue() -> None:
+    spec = parse_spec(_spec(queueName="gpu"))
+    first, second, _ = planning.plan(spec, "s")
+    waiting = rendering.render_job(spec, "ns", "s", "uid-1", first)  # created suspended, not admitted yet
+    admitted = rendering.render_job(spec, "ns", "s", "uid-1", second)
+    admitted["spec"]["suspend"] = False
+    assert waiting["spec"]["suspend"] is True
+    assert statuses.suspensions(False, [waiting, admitted]) == []
+    (only,) = statuses.suspensions(True, [waiting, admitted])  # the waiting one is suspended already
+    assert only[0] == second.job_name and only[1]["spec"] == {"suspend": True}
+    admitted = _merge(admitted, only[1])
+    # Resumed: the mark goes, but suspend stays for Kueue, which starts the Job when it admits it again.
+    assert statuses.suspensions(False, [waiting, admitted]) == [
+        (second.job_name, {"metadata": {"annotations": {rendering.SUSPENDED_ANNOTATION: None}}})
+    ]
+
+
+@pytest.mark.parametrize("decided", ["Complete", "Failed", "FailureTarget", "SuccessCriteriaMet"])
+def test_a_finished_or_deciding_job_is_never_suspended(decided: str) -> None:
+    (first, *_) = _trials()
+    job = rendering.render_job(parse_spec(_spec()), "ns", "s", "uid-1", first)
+    job["status"] = {"active": 1, "conditions": [{"type": decided, "status": "True"}]}
+    assert statuses.suspensions(True, [job]) == []
+
+
+# --- Job events: a Job that loses its ownerReference still wakes its former sweep -----------------------------
+
+
+def test_a_job_losing_its_owner_reference_and_then_deleted_runs_passes_for_its_former_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    passes: list[tuple[str, str]] = []
+    monkeypatch.setattr(handlers, "reconcile", lambda namespace, name, trigger: passes.append((namespace, name)))
+    (first, *_) = _trials()
+    job = rendering.render_job(parse_spec(_spec()), "ns", "s", "uid-1", first)
+    job["metadata"]["uid"] = "job-uid"
+    job["status"] = {"active": 1}
+    disowned = {**job, "metadata": {**job["metadata"], "ownerReferences": []}}
+    stranger = {**disowned, "metadata": {**disowned["metadata"], "uid": "other-uid"}}
+    for body, kind in [(job, "MODIFIED"), (job, "MODIFIED"), (disowned, "MODIFIED"), (disowned, "MODIFIED"),
+                       (disowned, "DELETED"), (stranger, "MODIFIED")]:  # fmt: skip
+        handlers.job_event(body=body, type=kind)
+    # seen running; no change; ownerReference gone; no change; deleted; a Job never seen owned: nothing
+    assert passes == [("ns", "s"), ("ns", "s"), ("ns", "s")]

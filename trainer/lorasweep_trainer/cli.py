@@ -108,10 +108,18 @@ def run_trial(cfg: TrialConfig) -> int:
     """One trial in this process: train, publish, leave the termination message; returns the exit code."""
     from lorasweep_trainer.data import DatasetError
     from lorasweep_trainer.model import ModelUnavailable
+    from lorasweep_trainer.pack import recorded_result
     from lorasweep_trainer.progress import TrialStopped
     from lorasweep_trainer.results import summarize
     from lorasweep_trainer.train import train
 
+    earlier = recorded_result(cfg)
+    if earlier is not None:
+        # A retried pod whose predecessor wrote metrics.json before dying, or the trial started twice: the first
+        # result stands (training again would replace its adapter and metrics with other numbers).
+        log.info("trial finished before, keeping its result trial=%s metrics=%s", cfg.trial, earlier[1])
+        write_termination(summarize(*earlier))
+        return EXIT_SUCCEEDED
     log.info("trial starting trial=%s sweep=%s output=%s", cfg.trial, cfg.sweep, cfg.output)
     try:
         metrics, metrics_uri = train(cfg)

@@ -16,6 +16,10 @@ from pydantic.alias_generators import to_camel
 
 TRIAL_ENV = "LORASWEEP_TRIAL"
 TERMINATION_LOG_ENV = "LORASWEEP_TERMINATION_LOG"
+# The uid of the sweep object a trial pod runs for (set by the operator, not in TrialConfig, so a trainer image
+# older than the operator still reads its configuration). A metrics.json carries it: a retried or repeated
+# attempt of a finished trial keeps that result, while a sweep recreated under the same name trains again.
+SWEEP_UID_ENV = "LORASWEEP_SWEEP_UID"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 # Where the trainer makes its scratch folder (default: the system temp folder); the local runner

@@ -8,7 +8,8 @@ parent itself never runs a torch op, so no thread pool exists yet when it forks.
 The pod's termination message holds every trial's summary (`results.PackSummary`). Its exit code: 0 when every
 trial succeeded; 1 (retryable: the Job runs the pack again) when any failed for a reason that may pass; else the
 permanent code of the failures (2 or 3: the Job's podFailurePolicy ends it). A retried pack skips the trials whose
-metrics.json exists (a trial writes it last), so a finished trial is never run twice and keeps its result.
+metrics.json exists (a trial writes it last; `recorded_result`), so a finished trial is never run twice and keeps
+its result. A single trial does the same (cli.run_trial).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lorasweep_trainer.config import (
     EXIT_SUCCEEDED,
     MAX_PACKING,
     PERMANENT_EXIT_CODES,
+    SWEEP_UID_ENV,
     TERMINATION_LOG_ENV,
     TrialConfig,
 )
@@ -51,16 +53,32 @@ def _invalid(message: str) -> int:
     return EXIT_INVALID_CONFIG
 
 
-def finished_before(cfg: TrialConfig) -> TerminationSummary | None:
-    """The summary of a trial an earlier attempt of the pack finished (its metrics.json exists), else None."""
+def sweep_uid() -> str | None:
+    """The sweep object this pod runs for (`SWEEP_UID_ENV`); None outside a cluster (the local runner)."""
+    return os.environ.get(SWEEP_UID_ENV) or None
+
+
+def recorded_result(cfg: TrialConfig) -> tuple[TrialMetrics, str] | None:
+    """The result an earlier attempt of this trial left (its metrics.json, written last, so complete), and its URI;
+    None when there is none, it is unreadable (the trial runs and rewrites it), or it belongs to another sweep
+    object that had the same name (its uid differs)."""
     uri = storage.join(cfg.output, METRICS_FILE)
     data = storage.read_bytes_if_exists(uri)
     if data is None:
         return None
     try:
-        return summarize(TrialMetrics.model_validate_json(data), uri)
+        metrics = TrialMetrics.model_validate_json(data)
     except ValidationError:
-        return None  # unreadable: run the trial again, which rewrites it
+        return None
+    if (metrics.sweep, metrics.trial, metrics.sweep_uid) != (cfg.sweep, cfg.trial, sweep_uid()):
+        return None
+    return metrics, uri
+
+
+def finished_before(cfg: TrialConfig) -> TerminationSummary | None:
+    """The summary of a trial an earlier attempt finished (`recorded_result`), else None."""
+    found = recorded_result(cfg)
+    return None if found is None else summarize(*found)
 
 
 def run_child(

@@ -144,6 +144,9 @@ class TrialMetrics(Record):
     model_revision: str | None = Field(default=None, description="the resolved revision every trial of the sweep used")
     model_load: ModelLoad | None = None
     tracking: TrackingUse | None = None
+    sweep_uid: str | None = Field(
+        default=None, description="the sweep object the result belongs to (LORASWEEP_SWEEP_UID); None when run locally"
+    )
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 

@@ -42,6 +42,9 @@ CHECKSUM_ALGORITHM = "SHA256"
 # Trial artifacts (adapters of a few MB, metrics, figures) stay single PUTs; larger files go multipart.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 UPLOAD_CONCURRENCY = 8
+# What S3 answers a conditional write when the object exists (412; ConditionalRequestConflict when another
+# conditional write of the same key is under way).
+PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 
 
 class StorageError(RuntimeError):
@@ -199,21 +202,36 @@ def _write_errors() -> tuple[type[BaseException], ...]:
     return (*_transient_read_errors(), ChecksumMismatch)
 
 
-def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-    """Write one object completely or not at all, verified by its SHA-256 checksum."""
+def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream", if_absent: bool = False) -> bool:
+    """Write one object completely or not at all, verified by its SHA-256 checksum. ``if_absent``: only when no
+    object is there yet (S3's conditional write ``If-None-Match: *``; locally a hard link, which cannot replace a
+    file); returns False when one was, and leaves it as it is."""
     if not is_s3(uri):
-        _write_local(Path(uri), data)
-        return
+        return _write_local(Path(uri), data, if_absent)
     bucket, key = split_s3(uri)
     expected = _sha256(data)
+    condition = {"IfNoneMatch": "*"} if if_absent else {}
 
-    def put() -> None:
-        response = s3_client().put_object(
-            Bucket=bucket, Key=key, Body=data, ContentType=content_type, ChecksumAlgorithm=CHECKSUM_ALGORITHM
-        )
+    def put() -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = s3_client().put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                ChecksumAlgorithm=CHECKSUM_ALGORITHM,
+                **condition,
+            )
+        except ClientError as error:
+            if if_absent and error.response.get("Error", {}).get("Code") in PRECONDITION_FAILED:
+                return False
+            raise
         _verify(uri, response.get("ChecksumSHA256"), expected)
+        return True
 
-    with_retries(f"PUT {uri}", put, _write_errors())
+    return with_retries(f"PUT {uri}", put, _write_errors())
 
 
 def upload_file(path: Path, uri: str) -> None:
@@ -241,8 +259,8 @@ def upload_file(path: Path, uri: str) -> None:
     with_retries(f"PUT {uri}", put, _write_errors())
 
 
-def _write_local(path: Path, data: bytes) -> None:
-    _replace_local(path, lambda handle: handle.write(data))
+def _write_local(path: Path, data: bytes, if_absent: bool = False) -> bool:
+    return _replace_local(path, lambda handle: handle.write(data), if_absent)
 
 
 def _copy_local(source: Path, path: Path) -> None:
@@ -250,7 +268,7 @@ def _copy_local(source: Path, path: Path) -> None:
         _replace_local(path, lambda handle: shutil.copyfileobj(original, handle))
 
 
-def _replace_local(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def _replace_local(path: Path, write: Callable[[BinaryIO], object], if_absent: bool = False) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -258,7 +276,16 @@ def _replace_local(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if not if_absent:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # fails, atomically, when the file exists
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

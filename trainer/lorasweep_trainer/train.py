@@ -40,6 +40,7 @@ from lorasweep_trainer import cache, data, evaluate, storage, tracking, weights
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import WORK_DIR_ENV, ConfigError, DatasetConfig, TrialConfig
 from lorasweep_trainer.decode import DecodePool
+from lorasweep_trainer.pack import recorded_result, sweep_uid
 from lorasweep_trainer.progress import report_epoch
 from lorasweep_trainer.results import (
     ADAPTER_FOLDER,
@@ -527,6 +528,7 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
         adapter_uri=storage.join(cfg.output, ADAPTER_FOLDER) + "/",
         feature_cache=inputs.feature_cache,
         cache=inputs.stats.as_dict() if cfg.cache is not None else None,
+        sweep_uid=sweep_uid(),
     )
     run.finish(metrics)  # the kept MLflow calls retried once; what failed is counted in metrics.json
     metrics = metrics.model_copy(update={"tracking": run.summary()})
@@ -572,21 +574,35 @@ def optimizer_step(
     return step + 1
 
 
-def publish(work: Path, output: str, metrics: TrialMetrics) -> str:
-    """Copy the artifacts to the trial's output, then metrics.json (its presence marks a complete trial)."""
-    storage.upload_folder(work, output)
-    metrics_uri = storage.join(output, METRICS_FILE)
-    storage.write_bytes(metrics_uri, metrics.to_json().encode(), content_type="application/json")
-    return metrics_uri
+def publish(work: Path, cfg: TrialConfig, metrics: TrialMetrics) -> tuple[TrialMetrics, str]:
+    """Copy the artifacts to the trial's output, then metrics.json (its presence marks a complete trial); returns
+    the result that stands and its URI. Another attempt of the trial that finished first (the same trial run twice
+    at once) keeps its result: this one's artifacts are not uploaded over it when it is seen in time, and
+    metrics.json is written only where none is (a conditional write). One of another sweep object that had the
+    same name is replaced."""
+    metrics_uri = storage.join(cfg.output, METRICS_FILE)
+    if (earlier := recorded_result(cfg)) is not None:
+        log.warning("trial finished by another attempt, keeping its result trial=%s metrics=%s", cfg.trial, metrics_uri)
+        return earlier
+    storage.upload_folder(work, cfg.output)
+    data = metrics.to_json().encode()
+    if storage.write_bytes(metrics_uri, data, content_type="application/json", if_absent=True):
+        return metrics, metrics_uri
+    if (earlier := recorded_result(cfg)) is not None:
+        log.warning("trial finished by another attempt, keeping its result trial=%s metrics=%s", cfg.trial, metrics_uri)
+        return earlier
+    storage.write_bytes(metrics_uri, data, content_type="application/json")  # not this sweep's: replaced
+    return metrics, metrics_uri
 
 
 def train(cfg: TrialConfig) -> tuple[TrialMetrics, str]:
-    """Run the trial in a scratch folder and publish its artifacts; returns the metrics and metrics.json's URI."""
+    """Run the trial in a scratch folder and publish its artifacts; returns the result that stands (see `publish`)
+    and metrics.json's URI."""
     work = Path(tempfile.mkdtemp(prefix=f"lorasweep-{cfg.trial}-", dir=os.environ.get(WORK_DIR_ENV)))
     run = tracking.TrialRun(cfg, git_commit() if cfg.tracking else "")
     try:
         metrics = run_trial(cfg, work, run)
-        return metrics, publish(work, cfg.output, metrics)
+        return publish(work, cfg, metrics)
     except Exception as error:
         run.fail(error)  # FAILED, or KILLED when stopped early; never raises
         keep_event_log(work / EVENT_LOG, cfg.output)

@@ -21,6 +21,12 @@ LOG_LEVEL = logging.INFO  # a service: its log is how people see what it does
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
 DEFAULT_PROGRESS_PORT = 8082
+# The API server sends a bookmark on every watch about once a minute, so a stream quiet for longer is dead (a
+# proxy or load balancer that dropped it without closing it): it is opened again from the last resourceVersion.
+DEFAULT_WATCH_INACTIVITY_TIMEOUT = 70.0
+# Each watch request asks the API server to end it after this long, and is then opened again: a second net under
+# connections that die silently, and a bound on how long one stream lives.
+DEFAULT_WATCH_SERVER_TIMEOUT = 600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +64,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write each finished sweep's report to its storage.output itself (the operator then needs S3 access); "
         "without it, a report Job in the sweep's namespace writes it with the trials' image and storage access",
+    )
+    watching = parser.add_argument_group("watching", "how the operator's watches of sweeps and Jobs recover")
+    watching.add_argument(
+        "--watch-inactivity-timeout",
+        type=_positive,
+        default=DEFAULT_WATCH_INACTIVITY_TIMEOUT,
+        metavar="SECONDS",
+        help="reopen a watch that delivered nothing (not even a bookmark, sent about once a minute) for this long "
+        f"(default {DEFAULT_WATCH_INACTIVITY_TIMEOUT:g}); below 60, quiet watches are reopened that often",
+    )
+    watching.add_argument(
+        "--watch-server-timeout",
+        type=_whole_seconds,
+        default=DEFAULT_WATCH_SERVER_TIMEOUT,
+        metavar="SECONDS",
+        help=f"ask the API server to end each watch after this long; it is reopened at once "
+        f"(default {DEFAULT_WATCH_SERVER_TIMEOUT})",
     )
     policy = parser.add_argument_group(
         "policy", "what a sweep may put in its Jobs (the chart's policy.* values); a sweep outside it is Invalid"
@@ -132,6 +155,24 @@ def _given(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...
     return default if values is None else tuple(value for value in values if value)
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def _whole_seconds(text: str) -> int:
+    """The API's timeoutSeconds is an integer."""
+    value = _positive(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"must be whole seconds, got {text}")
+    return int(value)
+
+
 def job_policy(args: argparse.Namespace) -> JobPolicy:
     from lorasweep_operator.policy import DEFAULT_TRAINER_IMAGE, ENV_SOURCES, VOLUME_TYPES, JobPolicy
 
@@ -155,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
 
     handlers.SETTINGS.write_reports = bool(args.write_reports)
     handlers.SETTINGS.policy = job_policy(args)
+    handlers.SETTINGS.watch_inactivity_timeout = float(args.watch_inactivity_timeout)
+    handlers.SETTINGS.watch_server_timeout = int(args.watch_server_timeout)
     if args.progress_port and args.progress_url:
         from lorasweep_operator import progress_endpoint
 
@@ -169,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "operator starting namespaces=%s metrics_port=%s health_port=%s progress_url=%s allowed_images=%s "
         "command_override=%s service_accounts=%s priority_classes=%s env_sources=%s volume_types=%s claims=%s "
-        "labels=%s annotations=%s",
+        "labels=%s annotations=%s watch_inactivity_timeout_s=%g watch_server_timeout_s=%g",
         "*" if clusterwide else ",".join(args.namespace),
         args.metrics_port,
         args.health_port,
@@ -183,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
         ",".join(policy.allowed_claims) or "*",
         ",".join(policy.allowed_labels) or "-",
         ",".join(policy.allowed_annotations) or "-",
+        handlers.SETTINGS.watch_inactivity_timeout,
+        handlers.SETTINGS.watch_server_timeout,
     )
     kopf.run(
         standalone=True,
