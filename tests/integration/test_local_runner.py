@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 
 
-def tiny_sweep(clips: Path) -> dict[str, object]:
+def tiny_sweep(clips: Path) -> dict[str, Any]:
     return {
         "apiVersion": "lorasweep.dev/v1alpha1",
         "kind": "LoraSweep",

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from test_local_runner import synthetic_clips, tiny_sweep
 
 from lorasweep_trainer import cli, storage
 from lorasweep_trainer.inference import load_adapter
@@ -37,39 +38,14 @@ class Sweep:
     adapter: str  # as the runner's summary named it
 
 
-def sweep_manifest(clips: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": "lorasweep.dev/v1alpha1",
-        "kind": "LoraSweep",
-        "metadata": {"name": "use"},
-        "spec": {
-            "image": "lorasweep-trainer:cpu",
-            "model": {"preset": "tiny", "framesPerClip": 4},
-            "dataset": {
-                "source": f"{clips}/",
-                "classes": {"sit_down": [8], "stand_up": [9], "other": "rest"},
-                "videosPerClass": 4,
-                "split": {"train": 0.5, "val": 0.25, "test": 0.25},
-            },
-            "training": {"epochs": 2, "batchSize": 2, "gradientAccumulationSteps": 1, "learningRate": 3.0e-3},
-            "search": {"list": [{"learningRate": 1.0e-2}, {"learningRate": 3.0e-3}]},
-            "parallelism": 1,
-            "storage": {"output": "s3://unused/"},
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     folder = tmp_path_factory.mktemp("sweep")
-    clips = folder / "clips"
-    subprocess.run(
-        [BIN / "lorasweep-trainer", "synth", str(clips), "--actions", "8,9,23", "--clips-per-action", "4"],
-        check=True,
-        capture_output=True,
-    )
+    clips = synthetic_clips(folder / "clips")
+    sweep = tiny_sweep(clips)
+    sweep["spec"]["training"]["epochs"] = 2  # a best epoch to choose, as in a real sweep
     manifest = folder / "sweep.yaml"
-    manifest.write_text(yaml.safe_dump(sweep_manifest(clips)))
+    manifest.write_text(yaml.safe_dump(sweep))
     out = folder / "out"
     done = subprocess.run(
         [BIN / "lorasweep", "run", str(manifest), "--out", str(out), "--device", "cpu"],
