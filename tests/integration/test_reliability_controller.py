@@ -76,7 +76,7 @@ if "--gate" in sys.argv:  # trial i (learningRate (i + 1) x 1e-4) finishes once 
     gate, index = sys.argv[sys.argv.index("--gate") + 1], round(rate / 1e-4) - 1
     while int(open(gate).read() or 0) <= index:
         time.sleep(0.05)
-fields = [trial["model"]["name"], trial["dataset"]["source"], sorted(trial["dataset"]["classes"])]
+fields = [trial["model"]["source"], trial["dataset"]["source"], sorted(trial["dataset"]["classes"])]
 verbatim = (sys.argv[1:] == EXPECTED_ARGV and trial.get("group") in (None, "list", "baseline", EXPECTED_GROUP)
             and EXPECTED_FIELDS in (None, fields))
 summary("Succeeded", metrics={"val_accuracy": 1.0 if verbatim else 0.0}, metrics_uri=trial["output"] + "metrics.json")
@@ -87,7 +87,7 @@ STOPPING_SECONDS = 15
 
 
 def behaviour_command(*argv: str, fields: list[Any] | None = None) -> list[str]:
-    """The BEHAVIOUR trial with `argv`; `fields`: [model.name, dataset.source, sorted class names] it must see."""
+    """The BEHAVIOUR trial with `argv`; `fields`: [model.source, dataset.source, sorted class names] it must see."""
     script = (
         f"EXPECTED_ARGV = {json.dumps(list(argv))}\nEXPECTED_GROUP = {json.dumps(GROUP_NAME)}\n"
         f"EXPECTED_FIELDS = {fields!r}\n"
@@ -488,18 +488,18 @@ def test_shell_metacharacters_and_newlines_in_every_string_reach_the_trial_verba
 ) -> None:
     source = "s3://bucket/clips $(id);\n`touch /tmp/x` 'q'/"
     classes = {"sit; rm -rf / && echo $(id)\nnext": [8], "other `id` 'q' \"dq\"": "rest"}
-    model = HOSTILE[:500]
+    model = "/models/" + HOSTILE[:500]  # a volume path: a hub name or an s3:// URI has a stricter form
     argv = ("--note", HOSTILE, "$(id)", "a\nb")
     manifest = sweep_manifest(
         "hostile", namespace, command=behaviour_command(*argv, fields=[model, source, sorted(classes)]),
         parallelism=2, search={"groups": [{"name": GROUP_NAME, "values": [{"learningRate": 1e-3}]}]},
-        model={"name": model, "preset": "tiny"}, dataset={"source": source, "classes": classes},
+        model={"source": model, "preset": "tiny"}, dataset={"source": source, "classes": classes},
     )  # fmt: skip
     assert apply(cluster, manifest).returncode == 0, apply(cluster, manifest).stderr
     status = wait_phase(cluster, namespace, "hostile", ("Succeeded", "Failed"), timeout=180)["status"]
     rows = {row["group"]: row for row in status["trials"]}
     assert set(rows) == {"baseline", GROUP_NAME}  # the group name as written, in the status too
-    # 1.0: the trial saw its argv, group, model name, dataset source and class names exactly as written.
+    # 1.0: the trial saw its argv, group, model source, dataset source and class names exactly as written.
     assert {group: row["objective"] for group, row in rows.items()} == {"baseline": 1.0, GROUP_NAME: 1.0}, rows
     (job,) = [
         j
