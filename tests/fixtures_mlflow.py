@@ -8,7 +8,6 @@ a dev dependency) with its SQL backend (sqlite) and a local artifact root, as a 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ from typing import IO, Any
 
 import pytest
 
+from lorasweep_operator.devcluster.cluster import free_ports
+
 MLFLOW = Path(sys.executable).with_name("mlflow")
 # The first start migrates a fresh sqlite database; on a busy 2-core machine that takes about a minute.
 STARTUP_TIMEOUT = 240.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -49,7 +44,7 @@ class MlflowServer:
 
 def start(folder: Path) -> tuple[MlflowServer, IO[bytes]]:
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    (port,) = free_ports(1)
     log_path = folder / f"server-{port}.log"
     log = log_path.open("wb")
     command = [
@@ -104,4 +99,4 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 @pytest.fixture
 def mlflow_down_uri() -> str:
     """A tracking server that is down: a loopback port nobody listens on (taken and released just now)."""
-    return f"http://127.0.0.1:{free_port()}"
+    return f"http://127.0.0.1:{free_ports(1)[0]}"

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from fixtures_mlflow import MlflowServer, free_port
+from fixtures_mlflow import MlflowServer
+from lorasweep_operator.devcluster.cluster import free_ports
 from lorasweep_trainer import tracking
 from lorasweep_trainer.config import MlflowTracking, ModelConfig, TrialConfig
 from lorasweep_trainer.synth import SynthSpec, write_dataset
@@ -153,7 +154,7 @@ def scrape(port: int, name: str) -> float:
 def test_a_tracking_server_that_is_down_costs_the_trial_nothing_but_counted_failures(
     mlflow_down_uri: str, clips: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     cfg = trial_config(clips, tmp_path, "down", contract(mlflow_down_uri, "down"), metricsPort=port)
     with caplog.at_level("WARNING", logger="lorasweep_trainer.tracking"):
         metrics, metrics_uri = train(cfg)

@@ -90,7 +90,7 @@ class ShardSpec:
             "context": dict(self.context),
             "items": [item.key_material() for item in self.items],
         }
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        return storage.content_key(material)
 
     @property
     def name(self) -> str:

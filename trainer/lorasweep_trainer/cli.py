@@ -245,15 +245,11 @@ def _use_adapter(args: argparse.Namespace, use: Callable[[Any], int], check: Cal
         check()
         with tempfile.TemporaryDirectory(prefix="lorasweep-adapter-") as work:
             return use(load_adapter(args.adapter, Path(work), args.device, args.base))
-    except ConfigError as error:
+    except (ConfigError, DatasetError, StorageError) as error:
         print(f"lorasweep-trainer {args.command}: {error}", file=sys.stderr)
-        return EXIT_INVALID_CONFIG
-    except DatasetError as error:
-        print(f"lorasweep-trainer {args.command}: {error}", file=sys.stderr)
-        return EXIT_DATASET_UNUSABLE
-    except StorageError as error:
-        print(f"lorasweep-trainer {args.command}: {error}", file=sys.stderr)
-        return 1
+        if isinstance(error, ConfigError):
+            return EXIT_INVALID_CONFIG
+        return EXIT_DATASET_UNUSABLE if isinstance(error, DatasetError) else 1
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

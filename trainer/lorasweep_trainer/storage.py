@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import random
@@ -25,7 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,6 +335,11 @@ def download(uri: str, path: Path) -> tuple[int, str]:
 
     with_retries(f"GET {uri}", get, _transient_read_errors())
     return result[-1]
+
+
+def content_key(material: Mapping[str, Any]) -> str:
+    """The key of a content-addressed cache entry: SHA-256 of ``material`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def sha256_hex(path: Path) -> tuple[int, str]:

@@ -63,6 +63,7 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
+CREATE_SETTLE_SECONDS = float(CLIENT_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"])
 # MLflow's limits per log_batch call.
 BATCH_PARAMS = 100
 BATCH_TAGS = 100
@@ -297,6 +298,10 @@ def find_or_create(mlflow: Any, experiment: str, keys: Mapping[str, str], tags: 
         return str(found.info.run_id), False
     created = mlflow.create_run(experiment, tags=dict(tags), run_name=tags.get(RUN_NAME_TAG))
     mine = str(created.info.run_id)
+    # The client stamps start_time before its request reaches the server, so a concurrent run stamped earlier may
+    # be stored after this one: search once every such request has landed or timed out, so that all callers see
+    # the same oldest run.
+    time.sleep(CREATE_SETTLE_SECONDS)
     kept = oldest_run(mlflow, experiment, keys)
     if kept is not None and kept.info.run_id != mine:
         mlflow.delete_run(mine)

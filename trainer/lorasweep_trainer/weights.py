@@ -111,8 +111,7 @@ def missing_parts(names: Iterable[str], index: Mapping[str, Any] | None = None) 
 
 def cache_key(source: str, identity: Any) -> str:
     """SHA-256 of the source and what identifies its content (a commit, or the files' names, tags and sizes)."""
-    material = {"schema": SCHEMA, "source": source, "identity": identity}
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    return storage.content_key({"schema": SCHEMA, "source": source, "identity": identity})
 
 
 def content_revision(digests: Mapping[str, str]) -> str:
