@@ -33,7 +33,6 @@ from lorasweep_operator import policy as policies
 from lorasweep_operator import preparation as preparations
 from lorasweep_operator import status as statuses
 from lorasweep_operator import tracking as trackings
-from lorasweep_operator.commands.operator import DEFAULT_WATCH_INACTIVITY_TIMEOUT, DEFAULT_WATCH_SERVER_TIMEOUT
 from lorasweep_operator.kube import ApiError, Kube, ObjectMeta, now
 from lorasweep_operator.report import REPORT_FILE
 from lorasweep_operator.spec import (
@@ -50,6 +49,7 @@ from lorasweep_operator.spec import (
     SpecError,
     parse_spec,
 )
+from lorasweep_operator.watching import DEFAULT_WATCH_INACTIVITY_TIMEOUT, DEFAULT_WATCH_SERVER_TIMEOUT
 from lorasweep_trainer.config import Goal, ModelWeights, trial_output
 from lorasweep_trainer.results import TerminationSummary
 

@@ -12,6 +12,8 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
+from lorasweep_operator.watching import DEFAULT_WATCH_INACTIVITY_TIMEOUT, DEFAULT_WATCH_SERVER_TIMEOUT
+
 if TYPE_CHECKING:
     from lorasweep_operator.policy import JobPolicy
 
@@ -21,12 +23,6 @@ LOG_LEVEL = logging.INFO  # a service: its log is how people see what it does
 DEFAULT_METRICS_PORT = 8080
 DEFAULT_HEALTH_PORT = 8081
 DEFAULT_PROGRESS_PORT = 8082
-# The API server sends a bookmark on every watch about once a minute, so a stream quiet for longer is dead (a
-# proxy or load balancer that dropped it without closing it): it is opened again from the last resourceVersion.
-DEFAULT_WATCH_INACTIVITY_TIMEOUT = 70.0
-# Each watch request asks the API server to end it after this long, and is then opened again: a second net under
-# connections that die silently, and a bound on how long one stream lives.
-DEFAULT_WATCH_SERVER_TIMEOUT = 600
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
