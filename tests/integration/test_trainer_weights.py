@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from fault_proxy import FaultProxy
-from lorasweep_trainer import cli, storage, weights
+from lorasweep_trainer import bench, cli, storage, weights
 from lorasweep_trainer.config import EXIT_INVALID_CONFIG, EXIT_SUCCEEDED, ModelConfig, ModelWeights
 from lorasweep_trainer.results import PrepareSummary, TrialMetrics
 from lorasweep_trainer.synth import SynthSpec, write_dataset
@@ -235,3 +236,16 @@ def test_a_hub_revision_is_resolved_to_its_commit_and_the_trials_load_that_commi
     other = ModelWeights(uri=pinned.uri, manifest=pinned.manifest, revision="f" * 40)
     with pytest.raises(weights.ModelUnavailable, match="not f{40} that the sweep pinned"):
         weights.locate(model, other)
+
+
+def test_the_weights_benchmark_times_each_step_a_sweep_takes(
+    s3_env: Any, s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench.bench_weights("tiny", s3_bucket)
+    printed = capsys.readouterr().out
+    steps = ("preparation: copy into the cache", "trial: download from the cache", "trial: files already on its disk",
+             "from_pretrained of the local copy", "base-weights digest")  # fmt: skip
+    for step in steps:
+        (line,) = [line for line in printed.splitlines() if step in line]
+        assert re.search(r"\s\d+\.\d\d s\b", line), line  # seconds, printed for the record
+    assert f"from s3://{s3_bucket}/models/tiny/" in printed

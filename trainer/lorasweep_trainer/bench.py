@@ -10,20 +10,26 @@
 3. Where CUDA is present (or on CPU in fp32 with ``--vitl-cpu``): the ViT-L preset (random weights, 4 classes, LoRA rank 16) in bf16 autocast at batch 1
    with 8 frames of 256 px: forward ms per clip (no grad) and the time of one training step (forward, backward,
    AdamW step), both synchronised, after warm-up.
+4. Model weights as a sweep shares them (``--weights-preset``, default the ViT-L shape, ~1.5 GB in fp32): a
+   ``save_pretrained`` folder in the moto server fetched once by the preparation into the cache (copied and
+   hashed), then a trial's download with every SHA-256 checked, the same with the files already on its disk,
+   ``from_pretrained`` of the local copy, and the base-weights digest every adapter records.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from lorasweep_trainer import model as modeling
-from lorasweep_trainer import sampling, storage
+from lorasweep_trainer import sampling, storage, weights
 from lorasweep_trainer.config import LoraConfig, ModelConfig
 from lorasweep_trainer.data import Sample
 from lorasweep_trainer.decode import decode
@@ -171,6 +177,41 @@ def bench_vitl(device: torch.device, iterations: int) -> None:
         print(f"  peak GPU memory:          {torch.cuda.max_memory_allocated(device) / 2**30:8.2f} GiB")
 
 
+def bench_weights(preset: str, bucket: str) -> None:
+    """What sharing the weights costs a sweep: the preparation once, then each trial (`weights.locate`)."""
+    with tempfile.TemporaryDirectory(prefix="lorasweep-bench-weights-") as scratch:
+        folder = os.path.join(scratch, "checkpoint")
+        modeling.build_base_model(ModelConfig(preset=preset, frames_per_clip=FRAMES), CLASSES, 0).save_pretrained(
+            folder
+        )
+        source = f"s3://{bucket}/models/{preset}/"
+        storage.upload_folder(Path(folder), source)
+        model = ModelConfig(source=source, frames_per_clip=FRAMES)
+        os.environ[weights.MODEL_DIR_ENV] = os.path.join(scratch, "trial")  # the trial's disk, removed after
+
+        def timed(work: Callable[[], object]) -> tuple[float, object]:
+            began = time.perf_counter()
+            result = work()
+            return time.perf_counter() - began, result
+
+        prepared, (pinned, located) = timed(lambda: weights.prepare(model, f"s3://{bucket}/cache/"))
+        size = located.stats.total_bytes
+        print(f"\n[weights: {preset}] {located.stats.files} files, {size / 1e6:.1f} MB, from {source}")
+
+        def throughput(seconds: float) -> str:
+            return f"{seconds:7.2f} s  {size / seconds / 1e6:7.1f} MB/s"
+
+        show("preparation: copy into the cache, hashed", throughput(prepared))
+        downloaded, trial = timed(lambda: weights.locate(model, pinned))
+        show("trial: download from the cache, SHA-256 checked", throughput(downloaded))
+        verified, trial = timed(lambda: weights.locate(model, pinned))
+        show("trial: files already on its disk, re-verified", throughput(verified))
+        loaded, base = timed(lambda: modeling.build_base_model(model, CLASSES, 0, path=trial.path))
+        show("from_pretrained of the local copy", f"{loaded:7.2f} s")
+        digested, _ = timed(lambda: modeling.base_digest(base))
+        show("base-weights digest (recorded with the adapter)", f"{digested:7.2f} s")
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from lorasweep_trainer.motoserver import MotoServer
 
@@ -192,6 +233,8 @@ def run_bench(args: argparse.Namespace) -> int:
         bench_data(
             "64x48", SynthSpec(actions=(8,), clips_per_action=args.small_clips, width=64, height=48, frames=16), bucket
         )
+        if args.weights_preset != "none":
+            bench_weights(args.weights_preset, bucket)
         storage.reset_client()
     bench_tiny_training(args.steps)
     if torch.cuda.is_available():

@@ -360,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--large-frames", type=int, default=72, help="frames per 1920x1080 clip (NTU clips: ~70-100)")
     bench.add_argument("--steps", type=int, default=20, help="tiny-model training steps to time")
     bench.add_argument("--gpu-iterations", type=int, default=10, help="ViT-L iterations to time where CUDA is present")
+    bench.add_argument(
+        "--weights-preset",
+        choices=("vjepa2-vitl-256", "tiny", "none"),
+        default="vjepa2-vitl-256",
+        help="the model whose save_pretrained weights are fetched and verified as a sweep shares them (none: skip)",
+    )
     bench.add_argument("--vitl-cpu", action="store_true", help="without CUDA, time one ViT-L iteration on CPU (fp32)")
     bench.set_defaults(func=cmd_bench)
 
