@@ -385,3 +385,12 @@ def test_metrics_read_from_storage_name_the_adapter_beside_them_when_it_is_there
     adapters = {t.trial: t.adapter_uri for t in loaded}
     # b's adapter is incomplete (no weights): not named.
     assert adapters == {"a": f"{tmp_path / 'trials' / 'a' / 'adapter'}/", "b": None}
+
+
+def test_the_report_names_the_model_at_the_revision_the_sweep_pinned(trials: list[TrialMetrics]) -> None:
+    revision = "sha256:" + "ab" * 32
+    pinned = [t.model_copy(update={"model": "s3://models/vjepa2/", "model_revision": revision}) for t in trials]
+    text = render_markdown(build_report(pinned))
+    assert f"**Model:** s3://models/vjepa2/ at revision {revision} with LoRA fine-tuning" in text
+    assert f"- Model: s3://models/vjepa2/ at revision {revision};" in text  # Reproducibility
+    assert "at revision" not in render_markdown(build_report(trials))  # none pinned: the source alone

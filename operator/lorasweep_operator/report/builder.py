@@ -111,7 +111,7 @@ def build_report(
     return Report(
         sweep=sweep or first.sweep,
         generated_at=(generated_at or datetime.now(UTC)).isoformat(timespec="seconds"),
-        model=first.model,
+        model=model_label(first),
         objective=objective,
         goal=goal,
         classes=list(first.classes),
@@ -480,7 +480,7 @@ def _summary(
     size = first.dataset
     lines = [
         f"The sweep ran {fmt.plural(len(trials), 'trial')} ({fmt.plural(methodology.configurations, 'configuration')}"
-        f" × {fmt.plural(len(methodology.seeds), 'seed')}) of {first.model} on "
+        f" × {fmt.plural(len(methodology.seeds), 'seed')}) of {model_label(first)} on "
         f"{len(first.classes)} classes, {size.videos_per_class} videos per class "
         f"({size.train} train, {size.val} validation, {size.test} test clips).",
         (
@@ -610,6 +610,12 @@ def _split_digest(trial: TrialMetrics) -> str | None:
     return hashlib.sha256(json.dumps(trial.split, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def model_label(trial: TrialMetrics) -> str:
+    """The model as the report names it: its source and, where the sweep pinned one, the revision it resolved (a
+    hub commit, or sha256:<digest> of a folder's files), so a reader can load the very weights again."""
+    return f"{trial.model} at revision {trial.model_revision}" if trial.model_revision else trial.model
+
+
 def _reproducibility(trials: Sequence[TrialMetrics], seeds: Sequence[int]) -> Reproducibility:
     first = trials[0]
     digests = {_split_digest(t) for t in trials}
@@ -617,7 +623,7 @@ def _reproducibility(trials: Sequence[TrialMetrics], seeds: Sequence[int]) -> Re
     return Reproducibility(
         git_commits=sorted({t.git_commit for t in trials}),
         seeds=list(seeds),
-        models=sorted({t.model for t in trials}),
+        models=sorted({model_label(t) for t in trials}),
         devices=sorted({t.device for t in trials}),
         classes=list(first.classes),
         videos_per_class=first.dataset.videos_per_class,
