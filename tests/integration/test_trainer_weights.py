@@ -244,7 +244,7 @@ def test_the_weights_benchmark_times_each_step_a_sweep_takes(
     bench.bench_weights("tiny", s3_bucket)
     printed = capsys.readouterr().out
     steps = ("preparation: copy into the cache", "trial: download from the cache", "trial: files already on its disk",
-             "from_pretrained of the local copy", "base-weights digest")  # fmt: skip
+             "from_pretrained of the local copy", "encoder digest", "base digest given the encoder's")  # fmt: skip
     for step in steps:
         (line,) = [line for line in printed.splitlines() if step in line]
         assert re.search(r"\s\d+\.\d\d s\b", line), line  # seconds, printed for the record

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorasweep_trainer import cli, inference
+from lorasweep_trainer import cache, cli, inference
 from lorasweep_trainer import model as modeling
 from lorasweep_trainer.config import ConfigError, LoraConfig, ModelConfig, ModelWeights
 from lorasweep_trainer.data import DatasetError
@@ -173,6 +173,14 @@ def test_a_preset_base_is_named_by_preset_and_seed_and_rebuilt_bit_for_bit() -> 
     with torch.no_grad():
         changed.pooler.query_tokens.add_(1.0)
     assert modeling.base_digest(changed) != recorded.digest
+    # The encoder counts through its own digest, which a cached trial has already taken for its shards.
+    encoder = cache.encoder_digest(base.vjepa2.encoder)
+    assert modeling.base_digest(base, encoder) == recorded.digest
+    with torch.no_grad():
+        next(base.vjepa2.encoder.parameters()).add_(1.0)
+    assert modeling.base_digest(base) != recorded.digest
+    every = {k for k in base.state_dict() if not k.startswith("classifier.")}
+    assert {modeling.ENCODER_PREFIX + k for k in base.vjepa2.encoder.state_dict()} < every
 
 
 def test_a_hub_base_keeps_its_name_and_the_adapter_config_names_it(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@
 4. Model weights as a sweep shares them (``--weights-preset``, default the ViT-L shape, ~1.5 GB in fp32): a
    ``save_pretrained`` folder in the moto server fetched once by the preparation into the cache (copied and
    hashed), then a trial's download with every SHA-256 checked, the same with the files already on its disk,
-   ``from_pretrained`` of the local copy, and the base-weights digest every adapter records.
+   ``from_pretrained`` of the local copy, and the digests a trial takes: the encoder's (its feature shards' key)
+   and, given that, the base's that its adapter records.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from pathlib import Path
 
 import torch
 
+from lorasweep_trainer import cache, sampling, storage, weights
 from lorasweep_trainer import model as modeling
-from lorasweep_trainer import sampling, storage, weights
 from lorasweep_trainer.config import LoraConfig, ModelConfig
 from lorasweep_trainer.data import Sample
 from lorasweep_trainer.decode import decode
@@ -208,8 +209,10 @@ def bench_weights(preset: str, bucket: str) -> None:
         show("trial: files already on its disk, re-verified", throughput(verified))
         loaded, base = timed(lambda: modeling.build_base_model(model, CLASSES, 0, path=trial.path))
         show("from_pretrained of the local copy", f"{loaded:7.2f} s")
-        digested, _ = timed(lambda: modeling.base_digest(base))
-        show("base-weights digest (recorded with the adapter)", f"{digested:7.2f} s")
+        encoded, encoder = timed(lambda: cache.encoder_digest(base.vjepa2.encoder))
+        show("encoder digest (the feature shards' key)", f"{encoded:7.2f} s")
+        digested, _ = timed(lambda: modeling.base_digest(base, str(encoder)))
+        show("base digest given the encoder's (the adapter's)", f"{digested:7.2f} s")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ adapter's recorded base back into the ModelConfig that builds it, and `base_dige
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, cast
 
@@ -27,7 +28,7 @@ from peft import PeftModel, get_peft_model
 from transformers import VJEPA2Config, VJEPA2ForVideoClassification, VJEPA2VideoProcessor
 
 from lorasweep_trainer import config as contract
-from lorasweep_trainer.cache import tensors_digest
+from lorasweep_trainer.cache import encoder_digest, tensors_digest
 from lorasweep_trainer.config import PRESET_PREFIX, ConfigError, LoraConfig, ModelConfig, ModelWeights
 from lorasweep_trainer.evaluate import autocast
 from lorasweep_trainer.results import PRESET_REVISION_PREFIX, AdapterBase
@@ -192,10 +193,17 @@ def base_reference(
     return name, revision or (commit if isinstance(commit, str) and commit else None)
 
 
-def base_digest(model: VJEPA2ForVideoClassification) -> str:
+ENCODER_PREFIX = "vjepa2.encoder."  # where model.vjepa2.encoder's keys are in the whole model's state_dict
+
+
+def base_digest(model: VJEPA2ForVideoClassification, encoder: str | None = None) -> str:
     """SHA-256 of the base weights an adapter applies to: everything but the classifier (new for our classes, and
-    saved in the adapter in full), so a rebuilt base can be checked before the adapter goes on it."""
-    return tensors_digest({k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")})
+    saved in the adapter in full), so a rebuilt base can be checked before the adapter goes on it. It is taken over
+    the encoder's digest (`cache.encoder_digest`; ``encoder``: already taken, as a trial does for its feature
+    shards) and the rest's, so the encoder, most of the weights, is hashed once per trial."""
+    encoder = encoder or encoder_digest(model.vjepa2.encoder)
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(("classifier.", ENCODER_PREFIX))}
+    return hashlib.sha256(f"encoder {encoder} rest {tensors_digest(rest)}".encode()).hexdigest()
 
 
 def name_adapter_base(model: PeftModel, name_or_path: str, revision: str | None) -> None:

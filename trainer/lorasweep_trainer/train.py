@@ -183,6 +183,7 @@ def streamed_inputs(cfg: TrialConfig, model: PeftModel, loader: ClipLoader, reas
 def cached_inputs(
     cfg: TrialConfig,
     model: PeftModel,
+    encoder_digest: str,
     processor: Any,
     split: data.Split,
     etags: dict[str, tuple[str, int]],
@@ -190,7 +191,9 @@ def cached_inputs(
     telemetry: Telemetry,
 ) -> TrialInputs:
     """The trial's shards (computed from its own config and model, so a stale entry is never found); a shard
-    that is missing or fails its checksum is built here from the source clips and saved for the next trial."""
+    that is missing or fails its checksum is built here from the source clips and saved for the next trial.
+    ``encoder_digest``: the base's `cache.encoder_digest`, the same with LoRA on as long as LoRA leaves the
+    encoder alone, which cached features need anyway."""
     assert cfg.cache is not None
     base = model.get_base_model()
     blocker = modeling.feature_cache_blocker(base, cfg.training.lora) if cfg.cache.features else None
@@ -198,7 +201,7 @@ def cached_inputs(
     frames_context = cache.frames_context(processor, cfg.model.frames_per_clip)
     context = frames_context
     if features:
-        context = cache.features_context(frames_context, cache.encoder_digest(base.vjepa2.encoder), precision(device))
+        context = cache.features_context(frames_context, encoder_digest, precision(device))
     decoder = DecodePool(cfg.io_threads)
     builder = cache.Builder(
         processor,
@@ -325,12 +328,15 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
     # weights) on top.
     base, model_load = load_base_model(cfg, classes)
     base_name, base_revision = modeling.base_reference(cfg.model, cfg.seed, base, cfg.weights)
+    # Taken before LoRA goes on: the adapter's base record and, when the encoder stays frozen, the key of its
+    # feature shards.
+    encoder_digest = cache.encoder_digest(base.vjepa2.encoder)
     adapter_base = AdapterBase(
         name_or_path=base_name,
         revision=base_revision,
         preset=cfg.model.preset,
         seed=cfg.seed,
-        digest=modeling.base_digest(base),
+        digest=modeling.base_digest(base, encoder_digest),
     )
     total_parameters = modeling.count_parameters(base)
     model = modeling.apply_lora(base, training.lora).to(device)
@@ -351,7 +357,7 @@ def run_trial(cfg: TrialConfig, work: Path, run: tracking.TrialRun | None = None
         loader = ClipLoader(processor, cfg.model.frames_per_clip, telemetry, cfg.prefetch, cfg.io_threads)
         inputs = streamed_inputs(cfg, model, loader, "no cache: the trial was started without a preparation step")
     else:
-        inputs = cached_inputs(cfg, model, processor, split, etags, device, telemetry)
+        inputs = cached_inputs(cfg, model, encoder_digest, processor, split, etags, device, telemetry)
     log.info("feature cache used=%s reason=%s", inputs.feature_cache.used, inputs.feature_cache.reason)
     events.write("dataset", classes=classes, train=len(split.train), val=len(split.val), test=len(split.test))
 
