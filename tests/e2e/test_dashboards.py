@@ -292,7 +292,7 @@ def monitors() -> dict[str, tuple[dict[str, str], str]]:
 
 @pytest.mark.e2e
 def test_every_expression_returns_data_from_a_real_prometheus(
-    cluster: Any, namespace: str, s3_server: Any, s3_bucket: str, tmp_path: Path
+    cluster: Any, namespace: str, s3_server: Any, s3_bucket: str, mlflow_down_uri: str, tmp_path: Path
 ) -> None:
     # One corrupt clip, so the decode-failure counter is exercised for real (counted and skipped).
     write_clips(s3_server, s3_bucket, corrupt=1)
@@ -310,6 +310,8 @@ def test_every_expression_returns_data_from_a_real_prometheus(
         # rate() needs two scrapes while the trainer runs: on an idle machine the sample's two epochs
         # are over in about a second, so train long enough for a dozen scrapes whatever the load.
         good["spec"]["training"]["epochs"] = 20
+        # A tracking server that is down: the trial goes on and counts its failed MLflow calls.
+        good["spec"]["tracking"] = {"mlflow": {"uri": mlflow_down_uri, "experiment": "dashboards"}}
         cluster.kubectl("apply", "-f", "-", input=json.dumps(good))
         # Two sweeps that go wrong on purpose, so the error panels have something to show: one names a source
         # sweep that does not exist (the API answers 404; the operator waits), one the operator rejects.
