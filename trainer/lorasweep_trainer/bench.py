@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -40,6 +41,7 @@ from lorasweep_trainer.telemetry import Telemetry
 from lorasweep_trainer.video import ClipLoader
 
 FRAMES = 8
+T = TypeVar("T")
 CLASSES = ["sit_down", "stand_up", "waving", "other"]
 
 
@@ -60,6 +62,12 @@ def one_core() -> Iterator[str]:
 
 def show(what: str, value: str) -> None:
     print(f"  {what:<48} {value}")
+
+
+def clocked(work: Callable[[], T]) -> tuple[float, T]:
+    began = time.perf_counter()
+    result = work()
+    return time.perf_counter() - began, result
 
 
 def rate(count: int, seconds: float) -> str:
@@ -190,12 +198,7 @@ def bench_weights(preset: str, bucket: str) -> None:
         model = ModelConfig(source=source, frames_per_clip=FRAMES)
         os.environ[weights.MODEL_DIR_ENV] = os.path.join(scratch, "trial")  # the trial's disk, removed after
 
-        def timed(work: Callable[[], object]) -> tuple[float, object]:
-            began = time.perf_counter()
-            result = work()
-            return time.perf_counter() - began, result
-
-        prepared, (pinned, located) = timed(lambda: weights.prepare(model, f"s3://{bucket}/cache/"))
+        prepared, (pinned, located) = clocked(lambda: weights.prepare(model, f"s3://{bucket}/cache/"))
         size = located.stats.total_bytes
         print(f"\n[weights: {preset}] {located.stats.files} files, {size / 1e6:.1f} MB, from {source}")
 
@@ -203,15 +206,15 @@ def bench_weights(preset: str, bucket: str) -> None:
             return f"{seconds:7.2f} s  {size / seconds / 1e6:7.1f} MB/s"
 
         show("preparation: copy into the cache, hashed", throughput(prepared))
-        downloaded, trial = timed(lambda: weights.locate(model, pinned))
+        downloaded, _ = clocked(lambda: weights.locate(model, pinned))
         show("trial: download from the cache, SHA-256 checked", throughput(downloaded))
-        verified, trial = timed(lambda: weights.locate(model, pinned))
+        verified, trial = clocked(lambda: weights.locate(model, pinned))
         show("trial: files already on its disk, re-verified", throughput(verified))
-        loaded, base = timed(lambda: modeling.build_base_model(model, CLASSES, 0, path=trial.path))
+        loaded, base = clocked(lambda: modeling.build_base_model(model, CLASSES, 0, path=trial.path))
         show("from_pretrained of the local copy", f"{loaded:7.2f} s")
-        encoded, encoder = timed(lambda: cache.encoder_digest(base.vjepa2.encoder))
+        encoded, encoder = clocked(lambda: cache.encoder_digest(base.vjepa2.encoder))
         show("encoder digest (the feature shards' key)", f"{encoded:7.2f} s")
-        digested, _ = timed(lambda: modeling.base_digest(base, str(encoder)))
+        digested, _ = clocked(lambda: modeling.base_digest(base, encoder))
         show("base digest given the encoder's (the adapter's)", f"{digested:7.2f} s")
 
 
