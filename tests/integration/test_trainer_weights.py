@@ -245,7 +245,13 @@ def test_the_weights_benchmark_times_each_step_a_sweep_takes(
     printed = capsys.readouterr().out
     steps = ("preparation: copy into the cache", "trial: download from the cache", "trial: files already on its disk",
              "from_pretrained of the local copy", "encoder digest", "base digest given the encoder's")  # fmt: skip
+    fetched = {}
     for step in steps:
         (line,) = [line for line in printed.splitlines() if step in line]
         assert re.search(r"\s\d+\.\d\d s\b", line), line  # seconds, printed for the record
+        if found := re.search(r"([\d.]+) MB fetched", line):
+            fetched[step] = float(found.group(1))
+    (total,) = re.findall(r"files, ([\d.]+) MB, from", printed)
+    # The trial's download is timed on its own disk, not over the files the preparation left there.
+    assert fetched == {steps[0]: float(total), steps[1]: float(total), steps[2]: 0.0}
     assert f"from s3://{s3_bucket}/models/tiny/" in printed

@@ -196,20 +196,21 @@ def bench_weights(preset: str, bucket: str) -> None:
         source = f"s3://{bucket}/models/{preset}/"
         storage.upload_folder(Path(folder), source)
         model = ModelConfig(source=source, frames_per_clip=FRAMES)
-        os.environ[weights.MODEL_DIR_ENV] = os.path.join(scratch, "trial")  # the trial's disk, removed after
-
+        # Each pod has its own disk: were the trial's the preparation's, its "download" would find the files there.
+        os.environ[weights.MODEL_DIR_ENV] = os.path.join(scratch, "preparation")
         prepared, (pinned, located) = clocked(lambda: weights.prepare(model, f"s3://{bucket}/cache/"))
+        os.environ[weights.MODEL_DIR_ENV] = os.path.join(scratch, "trial")
         size = located.stats.total_bytes
         print(f"\n[weights: {preset}] {located.stats.files} files, {size / 1e6:.1f} MB, from {source}")
 
-        def throughput(seconds: float) -> str:
-            return f"{seconds:7.2f} s  {size / seconds / 1e6:7.1f} MB/s"
+        def throughput(seconds: float, fetched: int) -> str:
+            return f"{seconds:7.2f} s  {size / seconds / 1e6:7.1f} MB/s  {fetched / 1e6:8.1f} MB fetched"
 
-        show("preparation: copy into the cache, hashed", throughput(prepared))
-        downloaded, _ = clocked(lambda: weights.locate(model, pinned))
-        show("trial: download from the cache, SHA-256 checked", throughput(downloaded))
+        show("preparation: copy into the cache, hashed", throughput(prepared, located.stats.bytes_fetched))
+        downloaded, trial = clocked(lambda: weights.locate(model, pinned))
+        show("trial: download from the cache, SHA-256 checked", throughput(downloaded, trial.stats.bytes_fetched))
         verified, trial = clocked(lambda: weights.locate(model, pinned))
-        show("trial: files already on its disk, re-verified", throughput(verified))
+        show("trial: files already on its disk, re-verified", throughput(verified, trial.stats.bytes_fetched))
         loaded, base = clocked(lambda: modeling.build_base_model(model, CLASSES, 0, path=trial.path))
         show("from_pretrained of the local copy", f"{loaded:7.2f} s")
         encoded, encoder = clocked(lambda: cache.encoder_digest(base.vjepa2.encoder))
