@@ -7,6 +7,7 @@ local folder, trials in this process (`train.train`)."""
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -136,6 +137,25 @@ def test_trials_without_a_preparation_converge_on_one_parent_run(mlflow_server: 
     assert len(found) == 4 and len(set(found)) == 1, found
     (parent,) = runs_with(mlflow_server, experiment, tracking.SWEEP_KEY_TAG, contract_.sweep_key)
     assert parent.info.run_id == found[0] and parent.data.tags["lorasweep.role"] == "sweep"
+
+
+def test_a_run_found_while_young_is_not_taken_before_its_creator_has_settled(mlflow_server: MlflowServer) -> None:
+    """The race CI once lost: a caller found the first run stored, whose creator then deleted it for an older-stamped
+    run that landed later. A finder waits until the run it found is past `YOUNG_RUN_SECONDS`, then looks again."""
+    client = tracking.client(mlflow_server.uri)
+    experiment = tracking.experiment_id(client, f"young-{uuid.uuid4().hex[:8]}")
+    keys = {tracking.SWEEP_KEY_TAG: uuid.uuid4().hex}
+    stamp = tracking.now_ms()
+    stored_first = client.create_run(experiment, start_time=stamp, tags=keys).info.run_id
+    found: list[tuple[str, bool]] = []
+    finder = threading.Thread(target=lambda: found.append(tracking.find_or_create(client, experiment, keys, keys)))
+    finder.start()
+    time.sleep(1)
+    # What the two creators do meanwhile: the older-stamped create lands, the younger run's creator deletes its own.
+    stamped_first = client.create_run(experiment, start_time=stamp - 1000, tags=keys).info.run_id
+    client.delete_run(stored_first)
+    finder.join(timeout=3 * tracking.YOUNG_RUN_SECONDS)
+    assert found == [(stamped_first, False)]
 
 
 def scrape(port: int, name: str) -> float:

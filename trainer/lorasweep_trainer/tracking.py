@@ -6,8 +6,9 @@ Who makes which run:
   does it before any trial starts and reports the run's id in its termination summary; the operator hands the id
   to every trial, so parallel trials and retries never race to create it. Trials without a preparation (a
   command of the user's own) find or create it themselves: after creating, a trial searches again and keeps the
-  oldest run with the key, deleting its own when another was first (`find_or_create`). (A window remains: a
-  create whose request started first but was stored last; the preparation's id closes it for default sweeps.)
+  oldest run with the key, deleting its own when another was first, and a trial that finds a run so young that
+  its creator may still delete it waits and looks again (`find_or_create`). (A window remains: a create stored
+  more than a request timeout after it was stamped; the preparation's id closes it for default sweeps.)
 - A trial's child run is found by ``lorasweep.trial_key`` (the sweep key and the trial id) or created, tagged
   ``mlflow.parentRunId``; a retried trial (a new pod of the same Job) continues the same run.
 - The child holds the trial's parameters, each epoch's metrics at step = epoch, the final metrics, tags (sweep,
@@ -64,6 +65,9 @@ CLIENT_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 CREATE_SETTLE_SECONDS = float(CLIENT_ENV["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+# Until a run is this old a create stamped before it may still be in flight (one request timeout), and its creator
+# still settling: a caller that finds it waits that long before it takes it.
+YOUNG_RUN_SECONDS = 2 * CREATE_SETTLE_SECONDS
 # MLflow's limits per log_batch call.
 BATCH_PARAMS = 100
 BATCH_TAGS = 100
@@ -292,9 +296,15 @@ def experiment_id(mlflow: Any, name: str) -> str:
 def find_or_create(mlflow: Any, experiment: str, keys: Mapping[str, str], tags: Mapping[str, str]) -> tuple[str, bool]:
     """(the run tagged with every one of `keys`, created?): the oldest such run; when none exists one is created
     (with `tags`, which hold the keys), and if a concurrent caller created one too, the oldest is kept and the other
-    deleted, so all converge on one run. Key values are hex and ids (`sweep_key`): safe inside the quotes."""
+    deleted, so all converge on one run; a caller that finds a run younger than `YOUNG_RUN_SECONDS` waits for
+    its creator to settle. Key values are hex and ids (`sweep_key`): safe inside the quotes."""
     found = oldest_run(mlflow, experiment, keys)
     if found is not None:
+        # A young run may yet be deleted by its creator for an older one that lands late: wait, then look again.
+        age = time.time() - (found.info.start_time or 0) / 1000
+        if age < YOUNG_RUN_SECONDS:
+            time.sleep(min(YOUNG_RUN_SECONDS - age, YOUNG_RUN_SECONDS))  # bounded: the stamp is another clock's
+            found = oldest_run(mlflow, experiment, keys) or found
         return str(found.info.run_id), False
     created = mlflow.create_run(experiment, tags=dict(tags), run_name=tags.get(RUN_NAME_TAG))
     mine = str(created.info.run_id)
